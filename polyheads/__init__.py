@@ -1,0 +1,34 @@
+"""polyheads: give any timm model a classifier head of a chosen embedding geometry.
+
+    import polyheads, timm
+    model = timm.create_model("resnet50", num_classes=100, head="vmf")
+
+Layers (imports point down): ``functional`` (pure tensor math) -> ``heads`` (nn.Modules, registered
+by name) -> ``timm`` (attach a head to a timm model) -> ``metrics`` / ``training`` / ``tools``.
+"""
+from . import functional
+from ._checks import set_validation, validation
+from .heads import Head, InverseTemperature
+from .registry import create_head, get_head_class, is_head, list_heads, register_head
+from .timm import attach_head, create_model, get_head, get_heads, load_backbone_state_dict
+from .version import __version__
+from . import models  # registers polyheads' own timm architectures (seed 000 App. E.1)
+
+__all__ = [
+    "__version__",
+    "functional",
+    "Head",
+    "InverseTemperature",
+    "register_head",
+    "create_head",
+    "list_heads",
+    "is_head",
+    "get_head_class",
+    "attach_head",
+    "create_model",
+    "get_head",
+    "get_heads",
+    "load_backbone_state_dict",
+    "set_validation",
+    "validation",
+]

@@ -1,0 +1,2 @@
+"""polyheads' own architectures, registered in timm's model registry (seed 000 App. E.1)."""
+from .convnet import ConvNet28
