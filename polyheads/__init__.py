@@ -10,7 +10,7 @@ from . import functional
 from ._checks import set_validation, validation
 from .heads import Head, InverseTemperature
 from .registry import create_head, get_head_class, is_head, list_heads, register_head
-from .timm import attach_head, create_model, get_head, get_heads, load_backbone_state_dict
+from .timm import attach_head, create_model, get_head, get_heads, head_inputs, load_backbone_state_dict
 from .version import __version__
 from . import models  # registers polyheads' own timm architectures (seed 000 App. E.1)
 
@@ -28,6 +28,7 @@ __all__ = [
     "create_model",
     "get_head",
     "get_heads",
+    "head_inputs",
     "load_backbone_state_dict",
     "set_validation",
     "validation",

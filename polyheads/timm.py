@@ -54,6 +54,7 @@ __all__ = [
     "create_model",
     "get_head",
     "get_heads",
+    "head_inputs",
     "install",
     "uninstall",
     "load_backbone_state_dict",
@@ -266,6 +267,36 @@ def get_head(model: nn.Module) -> Head:
     if not heads:
         raise ValueError(f"{type(model).__name__} has no polyheads head: create it with head=... or attach_head()")
     return heads[0]
+
+
+def head_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``model`` on ``images`` and return what each of its heads received, in head order.
+
+    For one head this equals ``forward_head(forward_features(x), pre_logits=True)``. Models with two
+    classifiers feed them different tensors (a distilled DeiT: the class and the distillation token;
+    CrossViT: one branch each) while ``pre_logits=True`` returns their average or concatenation; this
+    gives each head its own input, so each head's ``loss`` sees exactly what its ``forward`` sees.
+    """
+    heads = get_heads(model)
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no polyheads head")
+    captured: dict[int, torch.Tensor] = {}
+
+    def hook(index: int) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple) -> None:
+            captured[index] = args[0]
+        return record
+
+    handles = [h.register_forward_pre_hook(hook(i)) for i, h in enumerate(heads)]
+    try:
+        model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [i for i in range(len(heads)) if i not in captured]
+    if missing:
+        raise RuntimeError(f"{type(model).__name__}.forward did not call heads {missing}")
+    return [captured[i] for i in range(len(heads))]
 
 
 # ---------------------------------------------------------------------------------------------

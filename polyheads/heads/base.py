@@ -216,7 +216,7 @@ class Head(nn.Module):
                 if bad
                 else "the logits overflowed although features and parameters are finite"
             )
-            raise FloatingPointError(f"{type(self).__name__}.loss is {float(value)}: {why}")
+            raise FloatingPointError(f"{type(self).__name__}.loss is {float(value.detach())}: {why}")
         return value
 
     def extra_repr(self) -> str:
