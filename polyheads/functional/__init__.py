@@ -1,3 +1,16 @@
 """Pure tensor math: no state, no nn.Module, no timm. Every formula cites its seed and equation."""
-from .margins import additive_angular_margin
+from .margins import (
+    additive_angular_margin,
+    center_delta,
+    center_loss,
+    chebyshev_cos_multiple,
+    cosine_margin,
+    margin_cross_entropy,
+    margin_logits,
+    mine_triplets,
+    pairwise_squared_distances,
+    sphereface_lambda,
+    sphereface_psi,
+    triplet_loss,
+)
 from .spherical import cosine_distance, cosine_logits, l2_normalize
