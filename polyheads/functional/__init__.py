@@ -13,4 +13,5 @@ from .margins import (
     sphereface_psi,
     triplet_loss,
 )
+from .poincare import clip_feature_norm, poincare_distance, poincare_mlr_logits, stable_norm, transport_from_origin
 from .spherical import cosine_distance, cosine_logits, l2_normalize

@@ -4,4 +4,5 @@ from .cosine import CosineHead, NormFaceHead, SphericalHead
 from .margin import ArcFaceHead, CosFaceHead, MarginHead, SphereFaceHead
 from .center import CenterLossHead
 from .triplet import TripletHead
+from .poincare import PoincareHead
 from .standard import StandardHead
