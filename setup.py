@@ -22,7 +22,7 @@ setup(
         "timm>=1.0",
         "geoopt>=0.5",
         "einops",
-        "scikit-learn>=1.4",
+        "scikit-learn>=1.6",
         "numpy",
         "scipy",
         "tqdm",

@@ -13,10 +13,14 @@ from .registry import create_head, get_head_class, is_head, list_heads, register
 from .timm import attach_head, create_model, get_head, get_heads, head_inputs, load_backbone_state_dict
 from .version import __version__
 from . import models  # registers polyheads' own timm architectures (seed 000 App. E.1)
+from . import metrics
+from .evaluation import evaluate
 
 __all__ = [
     "__version__",
     "functional",
+    "metrics",
+    "evaluate",
     "Head",
     "InverseTemperature",
     "register_head",

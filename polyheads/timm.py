@@ -55,6 +55,7 @@ __all__ = [
     "get_head",
     "get_heads",
     "head_inputs",
+    "pre_logits",
     "install",
     "uninstall",
     "load_backbone_state_dict",
@@ -267,6 +268,11 @@ def get_head(model: nn.Module) -> Head:
     if not heads:
         raise ValueError(f"{type(model).__name__} has no polyheads head: create it with head=... or attach_head()")
     return heads[0]
+
+
+def pre_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pooled features a timm model's head receives: ``forward_head(forward_features(x), pre_logits=True)``."""
+    return model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 def head_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:

@@ -1,1 +1,2 @@
 """Pictures people would rather look at than read (matplotlib, Agg backend, saved to files)."""
+from .reliability import reliability_diagram
