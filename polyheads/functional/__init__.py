@@ -14,4 +14,13 @@ from .margins import (
     triplet_loss,
 )
 from .poincare import clip_feature_norm, poincare_distance, poincare_mlr_logits, stable_norm, transport_from_origin
+from .polytopes import (
+    POLYTOPE_KINDS,
+    cube_codes,
+    polytope_angle,
+    polytope_capacity,
+    polytope_dim,
+    polytope_min_angle,
+    polytope_vertices,
+)
 from .spherical import cosine_distance, cosine_logits, l2_normalize

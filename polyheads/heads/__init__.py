@@ -5,4 +5,5 @@ from .margin import ArcFaceHead, CosFaceHead, MarginHead, SphereFaceHead
 from .center import CenterLossHead
 from .triplet import TripletHead
 from .poincare import PoincareHead
+from .polytope import CubeHead, HadamardHead, OrthoplexHead, PolytopeHead, SimplexHead
 from .standard import StandardHead
