@@ -24,3 +24,11 @@ from .polytopes import (
     polytope_vertices,
 )
 from .spherical import cosine_distance, cosine_logits, l2_normalize
+from .bessel import (
+    bessel_ratio,
+    bessel_ratio_bounds,
+    bessel_ratio_over_kappa,
+    log_vmf_normalizer,
+    log_vmf_normalizer_difference,
+)
+from .vmf import sample_vmf, vmf_bound_logits, vmf_bound_logsumexp, vmf_loss, vmf_mean, vmf_predictive_log_probs

@@ -7,3 +7,4 @@ from .triplet import TripletHead
 from .poincare import PoincareHead
 from .polytope import CubeHead, HadamardHead, OrthoplexHead, PolytopeHead, SimplexHead
 from .standard import StandardHead
+from .vmf import VMFHead
