@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         # what the test suite needs beyond the runtime dependencies
-        "dev": ["pytest>=8", "pytest-xdist", "mpmath", "pytorch-metric-learning>=2.5", "onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest>=8", "pytest-xdist", "mpmath", "pandas", "pytorch-metric-learning>=2.5", "onnx", "onnxscript", "onnxruntime"],
         # references that only the benchmarks compare against
         "bench": ["pytorch-metric-learning>=2.5", "netcal"],
     },
