@@ -13,10 +13,14 @@ refuses to run and says so.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
-import geoopt
 import torch
+
+with warnings.catch_warnings():  # geoopt decorates functions with the deprecated torch.jit.script at import
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    import geoopt
 from torch import nn
 
 from .._checks import check_float
