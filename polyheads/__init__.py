@@ -15,12 +15,14 @@ from .version import __version__
 from . import models  # registers polyheads' own timm architectures (seed 000 App. E.1)
 from . import metrics
 from .evaluation import evaluate
+from .criterion import HeadLoss
 
 __all__ = [
     "__version__",
     "functional",
     "metrics",
     "evaluate",
+    "HeadLoss",
     "Head",
     "InverseTemperature",
     "register_head",

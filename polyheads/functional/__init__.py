@@ -6,6 +6,7 @@ from .margins import (
     chebyshev_cos_multiple,
     cosine_margin,
     margin_cross_entropy,
+    margin_cross_entropy_from_logits,
     margin_logits,
     mine_triplets,
     pairwise_squared_distances,
@@ -14,6 +15,7 @@ from .margins import (
     triplet_loss,
 )
 from .poincare import clip_feature_norm, poincare_distance, poincare_mlr_logits, stable_norm, transport_from_origin
+from .poincare import expmap0
 from .polytopes import (
     POLYTOPE_KINDS,
     cube_codes,

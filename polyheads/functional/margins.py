@@ -37,6 +37,7 @@ __all__ = [
     "check_angular_multiplier",
     "margin_logits",
     "margin_cross_entropy",
+    "margin_cross_entropy_from_logits",
     "center_loss",
     "center_delta",
     "pairwise_squared_distances",
@@ -343,6 +344,38 @@ def margin_cross_entropy(
     if keep_norm:
         row_scale = row_scale * norm.squeeze(1)
     return _MarginSoftmaxCrossEntropy.apply(z_hat, weight, row_scale, target, target_fn, eps)
+
+
+def margin_cross_entropy_from_logits(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    target_fn: TargetFn,
+    scale: float | torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of the margin-softmax logits rebuilt from the plain logits ``s_i cos θ_ij`` [B, K]
+    a head returned (seed 000 Eq. 4, seed 002 Eq. 9, and their CosFace/SphereFace variants): the target
+    entry becomes ``s_i target_fn(cos θ_iy)`` with ``cos θ_iy = logits_iy / s_i``, every other entry is kept.
+
+    ``scale`` is the row scale ``s``: β (a float or 0-d tensor, possibly learned) or a [B] tensor
+    (SphereFace's ``β ‖z_i‖``). As a function of (β, z, W) this is exactly :func:`margin_cross_entropy`, so
+    value and gradients agree; it needs no second pass over the class vectors. ``label_smoothing`` as
+    ``torch.nn.functional.cross_entropy``.
+    """
+    check_tensor("logits", logits, floating=True, ndim=2)
+    check_target(target, logits.shape[1], logits.shape[0])
+    if not callable(target_fn):
+        raise TypeError(f"target_fn must be a callable mapping target cosines to target values, got {type(target_fn).__name__}")
+    if isinstance(scale, torch.Tensor) and scale.ndim == 1:
+        if scale.shape[0] != logits.shape[0]:
+            raise ValueError(f"scale must be a number, a 0-d tensor or one value per row [{logits.shape[0]}], got shape {list(scale.shape)}")
+        s = scale.to(logits.dtype)
+    else:
+        s = _scale_tensor(scale, logits)
+    column = target.unsqueeze(1)
+    cos = logits.gather(1, column).squeeze(1) / s.clamp_min(torch.finfo(logits.dtype).tiny)
+    margined = logits.scatter(1, column, (s * target_fn(cos)).unsqueeze(1))
+    return F.cross_entropy(margined, target, label_smoothing=label_smoothing)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 from .._checks import check_float, check_tensor, validation_enabled
 
 __all__ = [
+    "expmap0",
     "poincare_mlr_logits",
     "poincare_distance",
     "clip_feature_norm",
@@ -79,6 +80,29 @@ def clip_feature_norm(v: torch.Tensor, r: Scalar) -> torch.Tensor:
     norm = stable_norm(v, dim=1, keepdim=True)
     factor = (r / norm.clamp_min(torch.finfo(v.dtype).tiny)).clamp_max(1.0)
     return v * factor
+
+
+#: geoopt's boundary margin of ``PoincareBall.projx``: points are kept at norm <= (1 - eps)/√c
+_PROJECTION_EPS = {torch.float32: 4e-3, torch.float64: 1e-5}
+
+
+def expmap0(v: torch.Tensor, c: Scalar) -> torch.Tensor:
+    """``exp^c_0(v) = tanh(√c‖v‖) v / (√c‖v‖)`` row-wise, then projected into the ball (Ganea et al. 2018,
+    Lemma 2; the map of seed 000 §2.2 from the tangent space at the origin to the Poincaré ball).
+
+    The same numbers as geoopt's ``PoincareBall(c).expmap0(v)`` (tanh argument clamped at 15, ``‖v‖``
+    floored at 1e-15, projection to norm ``(1 - eps)/√c`` with geoopt's eps: 4e-3 in float32, 1e-5 in
+    float64), without geoopt's branch on the value of the curvature (``if torch.all(k == 0)``), which
+    breaks ``torch.compile`` graphs and stops ``torch.export`` / ONNX export.
+    """
+    check_tensor("v", v, floating=True)
+    c_t = _curvature(c, v)
+    sqrt_c = (c_t.abs() + 1e-15).sqrt()  # geoopt's sabs(k).sqrt()
+    norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-15)
+    point = (sqrt_c * norm).clamp(-15.0, 15.0).tanh() / sqrt_c * (v / norm)
+    max_norm = (1.0 - _PROJECTION_EPS.get(v.dtype, 1e-5)) / sqrt_c
+    point_norm = torch.linalg.vector_norm(point, dim=-1, keepdim=True).clamp_min(1e-15)
+    return torch.where(point_norm > max_norm, point / point_norm * max_norm, point)
 
 
 def transport_from_origin(p: torch.Tensor, a: torch.Tensor, c: Scalar) -> torch.Tensor:

@@ -171,6 +171,7 @@ def sample_vmf(
     return _sample_vmf(mu, kappa, num_samples, generator, score=return_score)
 
 
+@torch.compiler.disable  # Wood's rejection loop has data-dependent shapes: run eagerly inside compiled graphs
 def _sample_vmf(
     mu: torch.Tensor, kappa: torch.Tensor, num_samples: int, generator: torch.Generator | None, *, score: bool = False
 ) -> Any:

@@ -12,6 +12,7 @@ the non-finite-loss diagnosis, ``repr`` -- lives here once.
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterable, Iterator
 
@@ -19,11 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_features, check_float, check_int, check_target, validation_enabled
+from .._checks import check_features, check_float, check_int, check_target, check_tensor, validation_enabled
 
 __all__ = ["Head", "InverseTemperature", "default_embedding_dim"]
 
 DEFAULT_MAX_DIM = 512
+
+#: attribute of the logits a head returns in training mode: (weakref to the head, embedding z of that
+#: forward) -- what :meth:`Head.loss_from_output` (``polyheads.HeadLoss``) reads; it lives exactly as long
+#: as the logits tensor, so it can never be stale and nothing is kept on the module
+EMBEDDING_ATTR = "_polyheads_embedding"
 
 
 def default_embedding_dim(in_features: int) -> int:
@@ -154,7 +160,8 @@ class Head(nn.Module):
         """Class logits [B, num_classes] (softmax gives the prediction)."""
         x = self._prepare(features)
         with _float32_math(x.device.type):
-            return self.logits_from_embedding(self.embedding_from_features(x))
+            z = self.embedding_from_features(x)
+            return self._attach_embedding(self.logits_from_embedding(z), z)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """The embedding z̃ [B, dim] used for retrieval (before any normalisation)."""
@@ -169,6 +176,130 @@ class Head(nn.Module):
         with _float32_math(x.device.type):
             value = self.loss_from_embedding(self.embedding_from_features(x), target)
         return self._check_loss(value)
+
+    # ------------------------------------------------------------------ the objective from the returned logits
+    def loss_from_output(
+        self, output: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
+        """The training objective from the logits ``output`` [B, K] this head's ``forward`` returned in
+        training mode -- equal to :meth:`loss` on the same batch, without a second forward pass (what
+        ``polyheads.HeadLoss`` calls, so that loops which only see ``criterion(output, target)`` train
+        label-aware heads).
+
+        ``target``: class indices [B], or class probabilities [B, K] (mixup / cutmix; only heads whose
+        :meth:`soft_target_refusal` is ``None``). ``label_smoothing`` in [0, 1) as
+        ``torch.nn.functional.cross_entropy`` (refused where :meth:`label_smoothing_refusal` says why).
+        Heads whose objective is not a function of their logits (:attr:`loss_needs_embedding`) read the
+        embedding that the same forward attached to ``output``; anything else (a detached copy, eval-mode
+        logits, another head's logits) raises ``ValueError``.
+        """
+        check_tensor("output", output, floating=True, ndim=2)
+        if output.shape[1] != self.num_classes:
+            raise ValueError(
+                f"output must be the logits [B, {self.num_classes}] of this head, got shape {list(output.shape)}"
+            )
+        label_smoothing = check_float("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0, max_inclusive=False)
+        name = self.head_name or type(self).__name__
+        if isinstance(target, torch.Tensor) and target.is_floating_point() and target.ndim == 2:
+            why = self.soft_target_refusal()
+            if why is not None:
+                smoothing = "; label smoothing alone is HeadLoss(label_smoothing=...)" if self.label_smoothing_refusal() is None else ""
+                raise ValueError(
+                    f"head {name!r} refuses probability targets [B, K] (mixup / cutmix / smoothed one-hot): {why}. "
+                    f"Train it with class indices [B] (no mixup/cutmix){smoothing}"
+                )
+            target = _check_soft_target(target, self.num_classes, output.shape[0])
+        else:
+            target = self._check_target(target, output.shape[0])
+        if label_smoothing:
+            why = self.label_smoothing_refusal()
+            if why is not None:
+                raise ValueError(f"head {name!r} refuses label_smoothing={label_smoothing:g}: {why}")
+        embedding = self._embedding_of(output) if self.loss_needs_embedding else None
+        if self.training:
+            self._before_training_loss()
+        dtype = self._param_dtype()
+        logits = output if output.dtype == dtype else output.to(dtype)
+        with _float32_math(logits.device.type):
+            value = self.loss_from_logits(logits, target, embedding, label_smoothing=label_smoothing)
+        return self._check_loss(value)
+
+    def loss_from_logits(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """The objective from validated logits [B, K] (and, when :attr:`loss_needs_embedding`, the
+        embedding z [B, dim] of the same forward). Default: the cross-entropy of the logits when that is the
+        head's objective (it overrides neither :meth:`training_logits`, :meth:`loss_from_embedding` nor
+        :meth:`loss`), else :meth:`loss_from_embedding` of the embedding. Margin heads override this to apply
+        the margin to the returned logits."""
+        if self._loss_is_logit_cross_entropy():
+            return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        if embedding is None:
+            raise ValueError(f"{type(self).__name__}.loss_from_logits needs the embedding of the forward pass")
+        return self.loss_from_embedding(embedding, target)
+
+    def _before_training_loss(self) -> None:
+        """Called by :meth:`loss_from_output` in training mode before the objective (no-op here; vMF warns
+        about its default scale α as its :meth:`loss` does)."""
+
+    @property
+    def loss_needs_embedding(self) -> bool:
+        """Whether :meth:`loss_from_logits` needs the embedding z of the forward pass (its objective is not
+        a function of the logits alone: SphereFace's ‖z‖, vMF's samples of z, the centre and triplet terms).
+        Such heads attach z to the logits they return in training mode."""
+        return not self._loss_is_logit_cross_entropy()
+
+    def soft_target_refusal(self) -> str | None:
+        """``None`` if the objective is defined for probability targets [B, K] (mixup / cutmix), else why not."""
+        if self._loss_is_logit_cross_entropy():
+            return None
+        return f"{type(self).__name__}'s objective is defined for one class index per sample"
+
+    def label_smoothing_refusal(self) -> str | None:
+        """``None`` if the objective takes ``label_smoothing``, else why not."""
+        if self._loss_is_logit_cross_entropy():
+            return None
+        return f"{type(self).__name__}'s objective is not a cross-entropy of its logits alone"
+
+    @classmethod
+    def _loss_is_logit_cross_entropy(cls) -> bool:
+        """True when the objective is plain cross-entropy of ``forward``'s logits (nothing label-aware)."""
+        return (
+            cls.training_logits is Head.training_logits
+            and cls.loss_from_embedding is Head.loss_from_embedding
+            and cls.loss is Head.loss
+        )
+
+    def _attach_embedding(self, logits: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """In training mode, attach the embedding z of this forward to the returned logits for
+        :meth:`loss_from_output` (only heads with :attr:`loss_needs_embedding`). Nothing is stored on the
+        module: the reference dies with the logits (no stale cache, no memory held in eval)."""
+        if self.training and self.loss_needs_embedding:
+            setattr(logits, EMBEDDING_ATTR, (weakref.ref(self), z))
+        return logits
+
+    def _embedding_of(self, output: torch.Tensor) -> torch.Tensor:
+        stash = getattr(output, EMBEDDING_ATTR, None)
+        name = self.head_name or type(self).__name__
+        if stash is None:
+            raise ValueError(
+                f"head {name!r}: its objective needs the embedding of the forward pass that produced output, and "
+                "output carries none. Pass the logits exactly as the model returned them in training mode "
+                "(model.train(); output = model(x)) -- not a copy, a detached or converted tensor, eval-mode "
+                "logits, or an average of two heads' logits; DistributedDataParallel(find_unused_parameters=True) "
+                "also replaces the output tensor (keep the default False)"
+            )
+        owner, z = stash
+        if owner() is not self:
+            raise ValueError(f"output was produced by another head, not by this {type(self).__name__} ({name!r})")
+        if z.shape[0] != output.shape[0]:  # pragma: no cover - the attribute is set on this very tensor
+            raise ValueError(f"the attached embedding has {z.shape[0]} rows, output has {output.shape[0]}")
+        return z
 
     def confidence(self, features: torch.Tensor) -> torch.Tensor:
         """The uncertainty signal [B] of seed 000 Table 1; default ‖z̃‖ (larger = more confident)."""
@@ -232,3 +363,23 @@ class Head(nn.Module):
     def extra_repr_args(self) -> list[str]:
         """Head-specific ``name=value`` strings for ``repr`` (margins, β, λ, ...)."""
         return []
+
+
+def _check_soft_target(target: torch.Tensor, num_classes: int, batch_size: int) -> torch.Tensor:
+    """Probability targets [B, K]: floating, the right shape, and (a data check) finite, non-negative rows
+    summing to 1 -- what timm's ``Mixup`` / ``SoftTargetCrossEntropy`` use."""
+    check_tensor("target", target, floating=True, ndim=2)
+    if tuple(target.shape) != (batch_size, num_classes):
+        raise ValueError(
+            f"target (probabilities) must have shape [{batch_size}, {num_classes}] (batch, classes), got {list(target.shape)}"
+        )
+    if validation_enabled():
+        t = target.detach()
+        ok = torch.stack([torch.isfinite(t).all(), (t >= 0).all(), ((t.sum(dim=1) - 1).abs() <= 1e-3).all()]).tolist()
+        if not ok[0]:
+            raise ValueError("target (probabilities) contains NaN or inf")
+        if not ok[1]:
+            raise ValueError("target (probabilities) must be non-negative")
+        if not ok[2]:
+            raise ValueError("target (probabilities) rows must sum to 1 (mixup / cutmix targets do)")
+    return target

@@ -36,6 +36,7 @@ from ..functional.margins import (
     check_angular_multiplier,
     cosine_margin,
     margin_cross_entropy,
+    margin_cross_entropy_from_logits,
     margin_logits,
     sphereface_lambda,
     sphereface_psi,
@@ -117,6 +118,35 @@ class MarginHead(SphericalHead):
     def loss_from_embedding(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of :meth:`training_logits` (fused: ``functional.margin_cross_entropy``)."""
         return margin_cross_entropy(z, self.weight, target, self.target_function(), self.beta, keep_norm=self.keep_norm)
+
+    # ------------------------------------------------------------------ the objective from returned logits (HeadLoss)
+    @property
+    def loss_needs_embedding(self) -> bool:
+        """Only when the row scale holds ‖z‖ (SphereFace): β cos θ alone gives cos θ_y = logit_y / β."""
+        return self.keep_norm
+
+    def loss_from_logits(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """The margin applied to the logits ``forward`` returned: cos θ_y = logit_y / s with s = β (β ‖z‖ for
+        SphereFace), target logit s f(cos θ_y) -- the value and gradients of :meth:`loss_from_embedding`."""
+        scale = self.beta
+        if self.keep_norm:
+            if embedding is None:
+                raise ValueError(f"{type(self).__name__}.loss_from_logits needs the embedding z of the forward (its ‖z‖)")
+            scale = scale * torch.linalg.vector_norm(embedding, dim=1)
+        return margin_cross_entropy_from_logits(logits, target, self.target_function(), scale, label_smoothing)
+
+    def soft_target_refusal(self) -> str | None:
+        return "the margin acts on the one target class's logit (cos θ_y -> f(cos θ_y)); a probability target has no single y"
+
+    def label_smoothing_refusal(self) -> str | None:
+        return None
 
     def extra_repr_args(self) -> list[str]:
         parts = [f"m={self.margin:.4g}", *super().extra_repr_args()]
@@ -305,9 +335,25 @@ class SphereFaceHead(MarginHead):
 
     def loss_from_embedding(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         value = super().loss_from_embedding(z, target)
+        self._count_step()
+        return value
+
+    def loss_from_logits(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        value = super().loss_from_logits(logits, target, embedding, label_smoothing=label_smoothing)
+        self._count_step()
+        return value
+
+    def _count_step(self) -> None:
+        """One optimisation step of the λ schedule: a loss in training mode with gradients enabled."""
         if self.training and torch.is_grad_enabled():
             self.num_steps.add_(1)
-        return value
 
     def extra_repr_args(self) -> list[str]:
         parts = super().extra_repr_args()

@@ -24,7 +24,14 @@ with warnings.catch_warnings():  # geoopt decorates functions with the deprecate
 from torch import nn
 
 from .._checks import check_float
-from ..functional.poincare import clip_feature_norm, poincare_distance, poincare_mlr_logits, stable_norm, transport_from_origin
+from ..functional.poincare import (
+    clip_feature_norm,
+    expmap0,
+    poincare_distance,
+    poincare_mlr_logits,
+    stable_norm,
+    transport_from_origin,
+)
 from ..registry import register_head
 from .base import Head, _float32_math
 
@@ -130,7 +137,7 @@ class PoincareHead(Head):
         v = self.embedding(x)
         c = self.ball.c.to(v.dtype)
         radius = _TANH_SATURATION / c.sqrt() if self.clip_r is None else self.clip_r
-        return self.ball.expmap0(clip_feature_norm(v, radius))
+        return expmap0(clip_feature_norm(v, radius), c)  # = self.ball.expmap0, without geoopt's branch on c
 
     def logits_from_embedding(self, z: torch.Tensor) -> torch.Tensor:
         """Seed 000 Eq. 2 for every class -> [B, K] (:func:`polyheads.functional.poincare_mlr_logits` with the

@@ -45,7 +45,13 @@ import torch
 
 from .._checks import check_choice, check_float, check_int
 from ..functional import cosine_distance, l2_normalize
-from ..functional.margins import ANGULAR_FALLBACKS, additive_angular_margin, margin_cross_entropy, margin_logits
+from ..functional.margins import (
+    ANGULAR_FALLBACKS,
+    additive_angular_margin,
+    margin_cross_entropy,
+    margin_cross_entropy_from_logits,
+    margin_logits,
+)
 from ..functional.polytopes import polytope_capacity, polytope_dim, polytope_min_angle, polytope_vertices
 from ..registry import register_head
 from .base import Head
@@ -246,6 +252,34 @@ class PolytopeHead(Head):
     def loss_from_embedding(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Seed 002 Eq. 9 (mean over the batch), fused: ``functional.margin_cross_entropy``."""
         return margin_cross_entropy(z, self.vertices, target, self.target_function(), self.scale)
+
+    # ------------------------------------------------------------------ the objective from returned logits (HeadLoss)
+    loss_needs_embedding = False  # κ is fixed: cos θ_y = logit_y / κ
+
+    def loss_from_logits(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        embedding: torch.Tensor | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        """Eq. 9 from the logits ``forward`` returned (κ cos θ_j): the margin on cos θ_y = logit_y / κ;
+        probability targets (``margin=0.0`` only) give the soft cross-entropy of Eq. 8's logits."""
+        if target.is_floating_point():
+            return torch.nn.functional.cross_entropy(logits, target, label_smoothing=label_smoothing)
+        return margin_cross_entropy_from_logits(logits, target, self.target_function(), self.scale, label_smoothing)
+
+    def soft_target_refusal(self) -> str | None:
+        if self.margin == 0.0:
+            return None
+        return (
+            f"the margin m={self.margin:.4g} acts on the one target class's logit (cos θ_y -> cos(θ_y + m), seed 002 "
+            "Eq. 9); a probability target has no single y (margin=0.0, plain RePoNet, accepts them)"
+        )
+
+    def label_smoothing_refusal(self) -> str | None:
+        return None
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cosine distance ``1 - cos`` (the spherical retrieval metric)."""

@@ -183,6 +183,8 @@ class VMFHead(SphericalHead):
                 stacklevel=3,
             )
 
+    _before_training_loss = _warn_if_default_alpha  # HeadLoss warns as loss() does
+
     # ------------------------------------------------------------------ the geometry
     def embedding_from_features(self, x: torch.Tensor) -> torch.Tensor:
         """z̃ = α (W x + b), the natural parameter κ_z μ_z of the embedding's vMF (App. D)."""
@@ -207,7 +209,7 @@ class VMFHead(SphericalHead):
         with _float32_math(x.device.type):
             theta = self.embedding_from_features(x)
             if self.training or self.prediction == "mean":
-                return self.logits_from_embedding(theta)
+                return self._attach_embedding(self.logits_from_embedding(theta), theta)
             return _predictive_log_probs(theta, self.weight, self.beta, samples, gen)
 
     def loss(
