@@ -6,6 +6,14 @@
     python tools/train.py --resume runs/fashion_mnist/vmf/seed0          # continue exactly
     python tools/train.py --config configs/default.yaml --print-config  # the resolved settings
 
+Data-parallel on N processes (GPUs: nccl, one per process; CPU: gloo) with PyTorch's launcher:
+
+    torchrun --nproc_per_node=4 tools/train.py --config configs/cifar100/arcface.yaml
+    torchrun --nproc_per_node=8 tools/train.py head=sharded 'head_kwargs={base: arcface, sample_rate: 0.1}'
+    torchrun --nproc_per_node=2 tools/train.py --resume runs/...   # any number of ranks resumes any run
+
+Only rank 0 prints and writes the run folder (docs/distributed.md).
+
 Every key of the config (configs/default.yaml lists them) can be overridden as key=value; values
 are YAML (head_kwargs.margin=0.3, nesterov=true, head_kwargs={dim: 3}).
 """
@@ -57,13 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return 0
+    from polyheads.distributed import destroy_distributed, init_distributed
+
+    info = init_distributed(device=config.device)  # torchrun's environment; rank 0 of 1 without it
     try:
         result = Trainer(config, resume=args.resume, overwrite=args.overwrite).fit()
     except RunFolderExists as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"best epoch {result.best_epoch + 1}: {result.val_metric} {result.best_val:.4f}; "
-          f"{result.epochs_run} epochs in {result.wall_time_s:.1f}s; run folder {result.run_dir}")
+    finally:
+        destroy_distributed()
+    if info.is_main:
+        ranks = f" on {info.world_size} ranks" if info.distributed else ""
+        print(f"best epoch {result.best_epoch + 1}: {result.val_metric} {result.best_val:.4f}; "
+              f"{result.epochs_run} epochs in {result.wall_time_s:.1f}s{ranks}; run folder {result.run_dir}")
     return 0
 
 

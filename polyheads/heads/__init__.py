@@ -8,3 +8,4 @@ from .poincare import PoincareHead
 from .polytope import CubeHead, HadamardHead, OrthoplexHead, PolytopeHead, SimplexHead
 from .standard import StandardHead
 from .vmf import VMFHead
+from .sharded import ShardedHead

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_float
+from ..distributed.comm import gather_rows_nograd, syncing_state
 from ..functional.margins import center_delta, center_loss
 from ..registry import register_head
 from .standard import StandardHead
@@ -36,7 +37,9 @@ class CenterLossHead(StandardHead):
         alpha: α in [0, 1], the centres' rate (default 0.5, Wen et al.).
 
     ``forward`` returns the STANDARD logits; confidence ‖z‖, Euclidean retrieval (seed 000 Table 1/4).
-    Under DistributedDataParallel each process updates its own centres from its own batch.
+    With an initialised process group (DDP) the centre step uses every rank's batch (the embeddings
+    and labels are all-gathered), so the centres stay equal on all ranks and equal to one process's
+    step on the concatenated batch; ``polyheads.distributed.local_state()`` turns that off.
     """
 
     geometry = "euclidean"
@@ -64,6 +67,8 @@ class CenterLossHead(StandardHead):
         if self.lam:
             value = value + self.lam * center_loss(z, centers, target)
         if self.training and torch.is_grad_enabled() and self.alpha:
+            if syncing_state():  # seed 001's step over the global batch, identical on every rank
+                z, target = gather_rows_nograd(z.detach()), gather_rows_nograd(target)
             classes, delta = center_delta(self.centers, z, target)
             self.centers.index_add_(0, classes, delta, alpha=-self.alpha)
         return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_choice, check_float
+from ..distributed.comm import gather_rows_nograd, syncing_state
 from ..functional import cosine_distance, cosine_logits, l2_normalize
 from ..functional.margins import TRIPLET_MINING, triplet_loss
 from ..registry import register_head
@@ -32,7 +33,9 @@ class TripletHead(Head):
     buffers, updated after each :meth:`loss` in training mode with gradients enabled, so accuracy,
     calibration and timm's API work. Classes not seen yet have a zero centroid (logit 0).
     Batches need ≥ 2 samples of some class and ≥ 2 classes (an N×K episodic sampler); otherwise
-    :meth:`loss` raises ``ValueError``.
+    :meth:`loss` raises ``ValueError``. With an initialised process group (DDP) the centroid update
+    uses every rank's batch (all-gathered), so the centroids stay equal on all ranks; the triplets are
+    still mined inside each rank's own batch.
     """
 
     geometry = "spherical"
@@ -74,7 +77,10 @@ class TripletHead(Head):
         z_hat = l2_normalize(z)
         value = triplet_loss(z_hat, target, self.margin, self.mining)
         if self.training and torch.is_grad_enabled():
-            self._update_centroids(z_hat.detach(), target)
+            if syncing_state():  # every rank's embeddings: the centroids stay equal on all ranks
+                self._update_centroids(gather_rows_nograd(z_hat.detach()), gather_rows_nograd(target))
+            else:
+                self._update_centroids(z_hat.detach(), target)
         return value
 
     @torch.no_grad()

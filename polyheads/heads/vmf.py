@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_float, check_int, check_tensor
+from ..distributed.comm import all_reduce_sum, syncing_state
 from ..functional.bessel import EXACT_MAX_DIM
 from ..functional.vmf import _predictive_log_probs, _sample_vmf, _vmf_loss
 from ..registry import register_head
@@ -148,7 +149,9 @@ class VMFHead(SphericalHead):
 
         ``features``: pre-logit features [N, in_features], or an iterable of such batches (items that
         are tuples/lists, e.g. ``(features, labels)``, contribute their first element). Call once
-        before training; ``polyheads.training.engine.init_heads_from_data`` does.
+        before training; ``polyheads.training.engine.init_heads_from_data`` does. With an initialised
+        process group the mean runs over every rank's features (call it on all ranks), so α is the same
+        everywhere; ``polyheads.distributed.local_state()`` keeps it to this rank's features.
         """
         total = torch.zeros((), dtype=torch.float64)
         count = 0
@@ -158,6 +161,9 @@ class VMFHead(SphericalHead):
                 raw = self.embedding(x)
             total += raw.norm(dim=1).double().sum().cpu()
             count += raw.shape[0]
+        if syncing_state():  # the mean over every rank's features (a collective: call it on all ranks)
+            summed = all_reduce_sum(torch.tensor([float(total), float(count)], dtype=torch.float64))
+            total, count = summed[0], int(summed[1])
         if count == 0:
             raise ValueError("features is empty: init_from_data needs the training data's pre-logit features")
         mean_norm = float(total) / count

@@ -13,11 +13,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._checks import check_float
+from ..distributed.comm import all_reduce_sum, is_distributed, sum_allreduce_hook
+from ..heads.sharded import sharded_heads
 from ..heads.base import Head
 from ..timm import get_heads, head_inputs, pre_logits
 
 __all__ = ["pre_logits", "head_loss", "build_optimizer", "train_one_epoch", "predict", "init_heads_from_data",
-           "autocast_context", "WEIGHT_DECAY_SKIPS"]
+           "autocast_context", "WEIGHT_DECAY_SKIPS", "LossModule", "wrap_ddp", "broadcast_buffers"]
 
 #: what ``build_optimizer(skip_weight_decay=...)`` can exempt from weight decay
 WEIGHT_DECAY_SKIPS = ("bias", "classifier")
@@ -57,6 +59,64 @@ def autocast_context(device: str | torch.device, dtype: torch.dtype | None) -> A
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+class LossModule(nn.Module):
+    """``forward(images, target)`` -> the heads' training loss (pre-logits under autocast, then
+    :func:`head_loss`): the module DistributedDataParallel wraps, so that its gradient hooks see
+    the whole step."""
+
+    def __init__(self, model: nn.Module, features_fn: Callable | None = None, amp_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.__dict__["features_fn"] = features_fn  # not a submodule: a compiled view of ``model``
+        self.amp_dtype = amp_dtype
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with autocast_context(images.device, self.amp_dtype):
+            features = _features_function(self.model, self.features_fn)(images)
+        return head_loss(self.model, features, target)
+
+
+def wrap_ddp(
+    model: nn.Module,
+    *,
+    features_fn: Callable | None = None,
+    amp_dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """``DistributedDataParallel(LossModule(model))`` for one training step per call.
+
+    With class-sharded heads (:class:`polyheads.distributed.ShardedHead`) their class weights are
+    left out of DDP (each rank owns its rows and gets their exact gradient) and the other gradients
+    are *summed* over the ranks (:func:`polyheads.distributed.sum_allreduce_hook`): the sharded loss
+    is already the global batch's, each rank holds a share. Otherwise DDP averages, as usual (each
+    rank's loss is its own batch's mean).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    step = LossModule(model, features_fn, amp_dtype)
+    sharded = sharded_heads(step)
+    if sharded:
+        ignore = [f"{name}.{key}" for name, head in sharded.items() for key in head.sharded_parameters()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, ignore)
+    device = torch.device(device)
+    ddp = DistributedDataParallel(step, device_ids=[device] if device.type == "cuda" else None)
+    if sharded:
+        ddp.register_comm_hook(None, sum_allreduce_hook)
+    return ddp
+
+
+@torch.no_grad()
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm statistics, head state) to every rank -- before an
+    evaluation, so all ranks predict with the same model. No-op without a process group."""
+    if not is_distributed():
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=src)
 
 
 def _heads_of(model: nn.Module) -> list[Head]:
@@ -149,11 +209,14 @@ def train_one_epoch(
     scaler: "torch.amp.GradScaler | None" = None,
     features_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     description: str | None = None,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> float:
-    """One pass over ``loader``; calls every head's ``on_epoch_start(epoch)`` first. Returns the mean loss.
+    """One pass over ``loader``; calls every head's ``on_epoch_start(epoch)`` first. Returns the mean loss
+    (over every rank's samples when a process group is initialised).
 
     ``amp_dtype`` (bf16/fp16) runs the backbone under autocast; ``scaler`` (a ``GradScaler``, for
-    fp16) scales the loss; ``features_fn`` replaces :func:`pre_logits` (e.g. a compiled backbone).
+    fp16) scales the loss; ``features_fn`` replaces :func:`pre_logits` (e.g. a compiled backbone);
+    ``step`` (``images, target -> loss``, e.g. :func:`wrap_ddp`'s module) replaces the forward pass.
     """
     model.train()
     for head in get_heads(model):
@@ -168,9 +231,12 @@ def train_one_epoch(
     count = 0
     for images, target in batches:
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with autocast_context(device, amp_dtype):
-            features = features_of(images)
-        loss = head_loss(model, features, target)
+        if step is not None:
+            loss = step(images, target)
+        else:
+            with autocast_context(device, amp_dtype):
+                features = features_of(images)
+            loss = head_loss(model, features, target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -183,6 +249,9 @@ def train_one_epoch(
         count += len(target)
         if progress and hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+    if is_distributed():  # the mean over every rank's samples
+        summed = all_reduce_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64)]))
+        total, count = summed[0], int(summed[1])
     return float(total) / max(count, 1)
 
 

@@ -10,6 +10,12 @@ fixed-set, Recall@1 in the head's own metric for open-set, as the authors' code)
 early stopping (:class:`PlateauSchedule`), ``last.pt`` every epoch and ``best.pt`` on improvement
 -> the best epoch's weights are evaluated on the test split with ``polyheads.evaluate``.
 
+Under ``torchrun`` (a process group initialised, ``polyheads.distributed.init_distributed``) the
+same run is data-parallel: each rank takes every world-th episode, DistributedDataParallel keeps the
+weights equal (summing instead of averaging for class-sharded heads, whose class weights stay on
+their rank), validation is split over the ranks and gathered, and only rank 0 logs and writes the
+run folder. Checkpoints hold whole (unsharded) tensors, so a run resumes on any number of ranks.
+
 The run folder holds ``config.yaml``, ``metrics.csv`` / ``metrics.jsonl`` (one row per epoch),
 ``last.pt``, ``best.pt`` and ``results.json``. ``Trainer(config, resume=run_dir).fit()`` continues a
 run exactly where its last checkpoint left it (same batches, same augmentation, same weights).
@@ -35,12 +41,15 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..distributed.comm import all_gather_objects, barrier, dist_info, gather_rows_nograd, local_state
+from ..heads.sharded import full_state_dict, sharded_heads
 from ..registry import get_head_class, resolve_head_name
 from ..timm import create_model, get_heads, load_backbone_state_dict
-from .checkpoint import copy_checkpoint, find_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (copy_checkpoint, find_checkpoint, gather_optimizer_state, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state, shard_optimizer_state)
 from .config import TrainConfig, config_to_dict
 from .datasets import DataBundle, build_data, collate_batched
-from .engine import build_optimizer, init_heads_from_data, predict, train_one_epoch
+from .engine import broadcast_buffers, build_optimizer, init_heads_from_data, predict, train_one_epoch, wrap_ddp
 from .modules import PreLogits, freeze_batch_norm
 from .sampler import EpisodicBatchSampler
 from .schedule import PlateauSchedule
@@ -83,12 +92,17 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without a GPU fails clearly."""
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without a GPU fails clearly.
+    Under torchrun a CUDA device without an index is this process's ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} but torch sees no CUDA device; use device=cpu or device=auto")
+    info = dist_info()
+    if device.type == "cuda" and device.index is None and info.distributed:
+        device = torch.device("cuda", info.local_rank)
     return device
 
 
@@ -204,7 +218,8 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig (load_config(...)), got {type(config).__name__}")
         self.config = config.validate("config")
-        self.log = log
+        self.dist = dist_info()
+        self.log = log if self.dist.is_main else (lambda _: None)
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.resume_path = find_checkpoint(resume) if resume is not None else None
@@ -226,7 +241,8 @@ class Trainer:
         self.data: DataBundle = build_data(cfg)
         self.model = build_model(cfg, self.data.num_classes, self.data.in_chans).to(self.device)
         self.sampler = EpisodicBatchSampler(self.data.train_labels, min(cfg.batch_classes, self.data.num_classes),
-                                            cfg.batch_instances, cfg.episodes_per_epoch, seed=cfg.seed)
+                                            cfg.batch_instances, cfg.episodes_per_epoch, seed=cfg.seed,
+                                            rank=self.dist.rank, world_size=self.dist.world_size)
         workers = cfg.num_workers
         self.train_loader = DataLoader(self.data.train, batch_sampler=self.sampler, num_workers=workers,
                                        collate_fn=collate_batched, pin_memory=self.device.type == "cuda",
@@ -238,6 +254,19 @@ class Trainer:
         if cfg.compile:
             self.features_fn = torch.compile(PreLogits(self.model))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        self.step = None
+        self.full_val_loader = self.val_loader  # the whole split in order (the test evaluation's temperature fit)
+        if self.dist.distributed:
+            self.step = wrap_ddp(self.model, features_fn=self.features_fn, amp_dtype=self.amp_dtype, device=self.device)
+            # validation: rank r predicts items r, r + world, ... (padded like DistributedSampler), gathered after
+            val_order = _distributed_order(len(self.data.val), self.dist.rank, self.dist.world_size)
+            self.val_loader = _loader(self.data.val, cfg.eval_batch_size, workers, self.device, sampler=val_order)
+        self.sharded = bool(sharded_heads(self.model))
+
+    def _seed_rank(self, epoch: int) -> None:
+        """Different augmentation draws per rank (the model is already equal on every rank)."""
+        if self.dist.distributed:
+            seed_everything(self.config.seed + 1_000_003 * (epoch + 1) + self.dist.rank)
 
     def _init_heads(self) -> None:
         cfg = self.config
@@ -245,6 +274,8 @@ class Trainer:
         if cfg.init_samples is not None and cfg.init_samples < len(source):
             pick = np.random.default_rng(cfg.seed).choice(len(source), size=cfg.init_samples, replace=False)
             source = source.subset(np.sort(pick))
+        if self.dist.distributed:  # each rank its share; the heads combine them (vMF's α over all ranks)
+            source = source.subset(np.arange(len(source))[self.dist.rank::self.dist.world_size])
         loader = _loader(source, cfg.eval_batch_size, cfg.num_workers, self.device)
         init_heads_from_data(self.model, loader, device=self.device)
 
@@ -259,16 +290,25 @@ class Trainer:
                                         stop_patience=cfg.early_stop_patience)
 
     # ------------------------------------------------------------------ checkpoints and logs
-    def _state(self, epoch: int, finished: bool) -> dict[str, Any]:
+    def _state(self, epoch: int, finished: bool) -> dict[str, Any] | None:
+        """The checkpoint (on rank 0; ``None`` on the others). A collective under torchrun: sharded
+        class weights and their momentum are gathered whole, every rank's RNG state is kept."""
+        model_state = full_state_dict(self.model) if self.sharded else self.model.state_dict()
+        optimizer_state = gather_optimizer_state(self.optimizer, self.model) if self.sharded else self.optimizer.state_dict()
+        rng_ranks = all_gather_objects(rng_state()) if self.dist.distributed else None
+        if not self.dist.is_main:
+            return None
         return {
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
             "finished": finished,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(),
+            "rng_ranks": rng_ranks,
+            "world_size": self.dist.world_size,
             "config": config_to_dict(self.config),
             "history": list(self.history),
             "num_classes": self.data.num_classes,
@@ -277,6 +317,8 @@ class Trainer:
         }
 
     def _write_metrics(self, rewrite: bool = False) -> None:
+        if not self.dist.is_main:
+            return
         csv_path, jsonl_path = self.run_dir / "metrics.csv", self.run_dir / "metrics.jsonl"
         rows = self.history if rewrite else self.history[-1:]
         if not rows:
@@ -294,16 +336,25 @@ class Trainer:
 
     def _restore(self) -> int:
         state = load_checkpoint(self.resume_path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(state["model"])  # sharded heads keep their own rows of the whole weights
+        self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], self.optimizer, self.model))
         self.schedule.load_state_dict(state["schedule"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.history = list(state.get("history", []))
         self._write_metrics(rewrite=True)
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if ranks and len(ranks) == self.dist.world_size:
+            set_rng_state(ranks[self.dist.rank])  # the same ranks: each continues its own streams
+        else:
+            set_rng_state(state["rng"])
+            if self.dist.distributed:
+                self._seed_rank(state["epoch"] + 1)
+        saved_world = state.get("world_size", 1)
         self.log(f"resumed {self.resume_path} after epoch {state['epoch']} "
-                 f"(best {self.schedule.best:.4f} at epoch {self.schedule.best_epoch})")
+                 f"(best {self.schedule.best:.4f} at epoch {self.schedule.best_epoch})"
+                 + (f"; saved by {saved_world} ranks, continuing on {self.dist.world_size}"
+                    if saved_world != self.dist.world_size else ""))
         return state["epoch"] + 1  # an early-stopped run stays stopped (its last history row says so)
 
     # ------------------------------------------------------------------ the run
@@ -317,27 +368,33 @@ class Trainer:
         self.log(f"model {cfg.model} + head {head!r}")
         self.log(f"device {self.device}, amp {amp}, compile {cfg.compile}; batches {self.sampler.num_classes} classes x "
                  f"{self.sampler.num_instances} instances, {len(self.sampler)} per epoch; run folder {self.run_dir}")
+        if self.dist.distributed:
+            import torch.distributed as dist
+
+            self.log(f"distributed: {self.dist.world_size} ranks ({dist.get_backend()}), "
+                     f"{len(self.sampler)} episodes per rank and epoch"
+                     + ("; class-sharded head: gradients summed over the ranks" if self.sharded else ""))
 
     def _validate(self) -> tuple[str, float]:
+        if self.dist.distributed:
+            broadcast_buffers(self.model)  # every rank predicts with rank 0's BatchNorm statistics
         out = predict(self.model, self.val_loader, device=self.device, amp_dtype=self.amp_dtype, features_fn=self.features_fn)
+        if self.dist.distributed:  # every rank's share, back in data-set order
+            n = len(self.data.val)
+            out = {k: _undo_distributed_order(gather_rows_nograd(v), self.dist.world_size, n) for k, v in out.items()}
         if self.data.protocol == "open":
-            return "val_recall_at_1", open_set_recall_at_1(self.model, out["features"], out["labels"])
-        return "val_accuracy", float((out["logits"].argmax(1) == out["labels"]).float().mean())
+            name, value = "val_recall_at_1", open_set_recall_at_1(self.model, out["features"], out["labels"])
+        else:
+            name, value = "val_accuracy", float((out["logits"].argmax(1) == out["labels"]).float().mean())
+        if self.dist.distributed:  # rank 0's number everywhere: the schedule decides the same on every rank
+            value = all_gather_objects(value)[0]
+        return name, value
 
     def fit(self) -> TrainResult:
         """Train until ``epochs`` or early stopping, then evaluate the best weights on the test split."""
         start_time = time.perf_counter()
         cfg = self.config
-        self._setup()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        if self.resume_path is None:
-            self._init_heads()
-            self._build_optimisation()
-            start_epoch = 0
-        else:
-            self._build_optimisation()
-            start_epoch = self._restore()
+        start_epoch = self.prepare()
         self._describe()
         stopped_early = bool(self.history and self.history[-1].get("stop"))
         images_seen, train_seconds = 0, 0.0
@@ -346,15 +403,16 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             loss = train_one_epoch(self.model, self.train_loader, self.optimizer, epoch=epoch, device=self.device,
-                                   progress=cfg.progress, amp_dtype=self.amp_dtype, scaler=self.scaler,
-                                   features_fn=self.features_fn, description=f"epoch {epoch + 1}/{cfg.epochs}")
+                                   progress=cfg.progress and self.dist.is_main, amp_dtype=self.amp_dtype,
+                                   scaler=self.scaler, features_fn=self.features_fn,
+                                   description=f"epoch {epoch + 1}/{cfg.epochs}", step=self.step)
             t_train = time.perf_counter() - t0
             if not math.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: the training loss is {loss}; lower lr={cfg.lr}")
             metric_name, value = self._validate()
             lr = self.optimizer.param_groups[0]["lr"]
             decision = self.schedule.step(value, epoch)
-            n_images = len(self.sampler) * self.sampler.num_classes * self.sampler.num_instances
+            n_images = len(self.sampler) * self.sampler.num_classes * self.sampler.num_instances * self.dist.world_size
             images_seen += n_images
             train_seconds += t_train
             stopped_early = decision.stop
@@ -363,9 +421,11 @@ class Trainer:
                    "stop": decision.stop, "train_s": round(t_train, 3), "epoch_s": round(time.perf_counter() - t0, 3),
                    "images_per_s": round(n_images / max(t_train, 1e-9), 1)}
             self.history.append(row)
-            last = save_checkpoint(self.run_dir / "last.pt", self._state(epoch, finished=False))
-            if decision.improved:
-                copy_checkpoint(last, self.run_dir / "best.pt")
+            state = self._state(epoch, finished=False)
+            if state is not None:  # rank 0
+                last = save_checkpoint(self.run_dir / "last.pt", state)
+                if decision.improved:
+                    copy_checkpoint(last, self.run_dir / "best.pt")
             self._write_metrics()
             flags = (" *" if decision.improved else "") + (" lr/2" if decision.lr_reduced else "") + (
                 " early stop" if decision.stop else "")
@@ -375,14 +435,16 @@ class Trainer:
             epoch += 1
         epochs_run = len(self.history)
         if self.history:
-            save_checkpoint(self.run_dir / "last.pt", self._state(self.history[-1]["epoch"], finished=True))
+            state = self._state(self.history[-1]["epoch"], finished=True)
+            if state is not None:
+                save_checkpoint(self.run_dir / "last.pt", state)
+        barrier()  # rank 0 has written best.pt
         best_path = self.run_dir / "best.pt"
         if best_path.exists():
             self.model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         test: dict[str, float] = {}
         if cfg.evaluate_test and self.test_loader is not None:
-            test = evaluate_model(self.model, self.test_loader, self.val_loader, device=self.device,
-                                  protocol=self.data.protocol, retrieval=cfg.test_retrieval)
+            test = self._test()
             shown = "  ".join(f"{k} {v:.4f}" for k, v in test.items() if not k.endswith("samples"))
             self.log(f"test (best epoch {self.schedule.best_epoch + 1}): {shown}")
         result = TrainResult(
@@ -392,9 +454,55 @@ class Trainer:
             train_images_per_s=images_seen / train_seconds if train_seconds else 0.0,
         )
         summary = {**result.to_dict(), "config": config_to_dict(cfg), "data": self.data.info, "device": str(self.device),
-                   "torch": torch.__version__, "machine": platform.platform(), "head": repr(get_heads(self.model)[0])}
-        (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+                   "world_size": self.dist.world_size, "torch": torch.__version__, "machine": platform.platform(),
+                   "head": repr(get_heads(self.model)[0])}
+        if self.dist.is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
         return result
+
+    def prepare(self) -> int:
+        """Build data, model and optimiser, then initialise the heads from data (a fresh run) or
+        restore the checkpoint (a resumed one; any number of ranks). Returns the first epoch to train.
+        :meth:`fit` calls it; call it yourself to inspect a restored state."""
+        cfg = self.config
+        self._setup()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if self.resume_path is None:
+            self._init_heads()
+            self._build_optimisation()
+            self._seed_rank(0)
+            return 0
+        self._build_optimisation()
+        return self._restore()
+
+    def _test(self) -> dict[str, float]:
+        """The test evaluation. Under torchrun every rank evaluates the same batches with rank 0's
+        buffers and gets the same result (a class-sharded head's logits need every rank; for the others
+        it costs no wall time and keeps no rank waiting at a collective past its timeout)."""
+        kwargs = dict(device=self.device, protocol=self.data.protocol, retrieval=self.config.test_retrieval)
+        if not self.dist.distributed:
+            return evaluate_model(self.model, self.test_loader, self.full_val_loader, **kwargs)
+        broadcast_buffers(self.model)
+        if self.sharded:
+            return evaluate_model(self.model, self.test_loader, self.full_val_loader, **kwargs)
+        with local_state():  # nothing in the evaluation talks to the other ranks
+            return evaluate_model(self.model, self.test_loader, self.full_val_loader, **kwargs)
+
+
+def _distributed_order(n: int, rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s items of ``range(n)``: every world-th, padded from the start so that every
+    rank has the same count (``DistributedSampler(shuffle=False)``'s order)."""
+    total = -(-n // world_size) * world_size
+    order = [i % n for i in range(total)]
+    return order[rank::world_size]
+
+
+def _undo_distributed_order(gathered: torch.Tensor, world_size: int, n: int) -> torch.Tensor:
+    """Rank-major gathered rows (rank 0's share, rank 1's, ...) back to data-set order, padding dropped."""
+    per_rank = gathered.shape[0] // world_size
+    return gathered.reshape(world_size, per_rank, *gathered.shape[1:]).transpose(0, 1).reshape(-1, *gathered.shape[1:])[:n]
 
 
 def train(config: TrainConfig, *, resume: str | os.PathLike | None = None, overwrite: bool = False,
