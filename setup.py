@@ -19,7 +19,7 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision",
-        "timm>=1.0",
+        "timm>=1.0.23",  # timm.task (used by the train.py runner) appeared in 1.0.23
         "geoopt>=0.5",
         "einops",
         "scikit-learn>=1.6",

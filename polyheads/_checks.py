@@ -29,6 +29,7 @@ __all__ = [
     "check_tensor",
     "check_features",
     "check_target",
+    "check_probabilities",
     "check_finite",
     "closest_matches",
 ]
@@ -201,4 +202,24 @@ def check_target(target: Any, num_classes: int, batch_size: int | None = None, n
         lo, hi = int(target.min()), int(target.max())
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"{name} must be class indices in [0, {num_classes}), got values in [{lo}, {hi}]")
+    return target
+
+
+def check_probabilities(target: Any, num_classes: int, batch_size: int, name: str = "target") -> torch.Tensor:
+    """Probability targets [B, K]: floating, the right shape, and (a data check) finite, non-negative rows
+    summing to 1 -- what timm's ``Mixup`` / ``SoftTargetCrossEntropy`` use."""
+    check_tensor(name, target, floating=True, ndim=2)
+    if tuple(target.shape) != (batch_size, num_classes):
+        raise ValueError(
+            f"{name} (probabilities) must have shape [{batch_size}, {num_classes}] (batch, classes), got {list(target.shape)}"
+        )
+    if validation_enabled():
+        t = target.detach()
+        ok = torch.stack([torch.isfinite(t).all(), (t >= 0).all(), ((t.sum(dim=1) - 1).abs() <= 1e-3).all()]).tolist()
+        if not ok[0]:
+            raise ValueError(f"{name} (probabilities) contains NaN or inf")
+        if not ok[1]:
+            raise ValueError(f"{name} (probabilities) must be non-negative")
+        if not ok[2]:
+            raise ValueError(f"{name} (probabilities) rows must sum to 1 (mixup / cutmix targets do)")
     return target

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_features, check_float, check_int, check_target, check_tensor, validation_enabled
+from .._checks import check_features, check_float, check_int, check_probabilities, check_target, check_tensor, validation_enabled
 
 __all__ = ["Head", "InverseTemperature", "default_embedding_dim"]
 
@@ -107,15 +107,27 @@ class Head(nn.Module):
         self.in_features = check_int("in_features", in_features, minimum=1)
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
         if embedding:
-            self.dim = default_embedding_dim(in_features) if dim is None else check_int("dim", dim, minimum=1)
-            self.embedding: nn.Module = nn.Linear(self.in_features, self.dim)
-            nn.init.xavier_uniform_(self.embedding.weight)
-            nn.init.zeros_(self.embedding.bias)
+            self.dim = self.default_dim(self.in_features, self.num_classes) if dim is None else check_int("dim", dim, minimum=1)
         else:
             if dim is not None and check_int("dim", dim, minimum=1) != self.in_features:
                 raise ValueError(f"dim must equal in_features={self.in_features} when embedding=False, got {dim}")
             self.dim = self.in_features
+        self.check_dim(self.dim, self.num_classes, embedding)
+        if embedding:
+            self.embedding: nn.Module = nn.Linear(self.in_features, self.dim)
+            nn.init.xavier_uniform_(self.embedding.weight)
+            nn.init.zeros_(self.embedding.bias)
+        else:
             self.embedding = nn.Identity()
+
+    def default_dim(self, in_features: int, num_classes: int) -> int:
+        """The embedding width when ``dim`` is not given (:func:`default_embedding_dim`; fixed polytope
+        heads take it from the class count, seed 002 Eq. 7)."""
+        return default_embedding_dim(in_features)
+
+    def check_dim(self, dim: int, num_classes: int, embedding: bool) -> None:
+        """Raise ``ValueError`` if the geometry cannot hold ``num_classes`` classes in ``dim`` dimensions
+        (no constraint here; the polytope heads have a minimum)."""
 
     # ------------------------------------------------------------------ helpers for subclasses
     def _param_dtype(self) -> torch.dtype:
@@ -208,7 +220,7 @@ class Head(nn.Module):
                     f"head {name!r} refuses probability targets [B, K] (mixup / cutmix / smoothed one-hot): {why}. "
                     f"Train it with class indices [B] (no mixup/cutmix){smoothing}"
                 )
-            target = _check_soft_target(target, self.num_classes, output.shape[0])
+            target = check_probabilities(target, self.num_classes, output.shape[0])
         else:
             target = self._check_target(target, output.shape[0])
         if label_smoothing:
@@ -364,22 +376,3 @@ class Head(nn.Module):
         """Head-specific ``name=value`` strings for ``repr`` (margins, β, λ, ...)."""
         return []
 
-
-def _check_soft_target(target: torch.Tensor, num_classes: int, batch_size: int) -> torch.Tensor:
-    """Probability targets [B, K]: floating, the right shape, and (a data check) finite, non-negative rows
-    summing to 1 -- what timm's ``Mixup`` / ``SoftTargetCrossEntropy`` use."""
-    check_tensor("target", target, floating=True, ndim=2)
-    if tuple(target.shape) != (batch_size, num_classes):
-        raise ValueError(
-            f"target (probabilities) must have shape [{batch_size}, {num_classes}] (batch, classes), got {list(target.shape)}"
-        )
-    if validation_enabled():
-        t = target.detach()
-        ok = torch.stack([torch.isfinite(t).all(), (t >= 0).all(), ((t.sum(dim=1) - 1).abs() <= 1e-3).all()]).tolist()
-        if not ok[0]:
-            raise ValueError("target (probabilities) contains NaN or inf")
-        if not ok[1]:
-            raise ValueError("target (probabilities) must be non-negative")
-        if not ok[2]:
-            raise ValueError("target (probabilities) rows must sum to 1 (mixup / cutmix targets do)")
-    return target

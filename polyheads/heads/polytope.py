@@ -121,23 +121,8 @@ class PolytopeHead(Head):
         margin_warmup_epochs: int = 0,
         embedding: bool = True,
     ) -> None:
-        k = check_int("num_classes", num_classes, minimum=2)
-        in_features = check_int("in_features", in_features, minimum=1)
-        minimum = max(polytope_dim(self.kind, k), 2)
-        if not embedding:
-            if dim is not None and check_int("dim", dim, minimum=1) != in_features:
-                raise ValueError(f"dim must equal in_features={in_features} when embedding=False, got {dim}")
-            dim = in_features
-        elif dim is None:
-            dim = minimum
-        dim = check_int("dim", dim, minimum=1)
-        if dim < minimum:
-            raise ValueError(
-                f"dim={dim} is too small for the {self.kind} head with num_classes={k}: it needs dim >= {minimum} "
-                f"({self._rule(k)}; dim={dim} holds at most {polytope_capacity(self.kind, dim)} classes)"
-                + (" -- with embedding=False, dim is in_features" if not embedding else "")
-            )
-        super().__init__(in_features, k, dim, embedding=embedding)
+        super().__init__(in_features, num_classes, dim, embedding=embedding)
+        k = self.num_classes
         self.scale = check_float("scale", scale, minimum=0.0, min_inclusive=False)
         self.fallback = check_choice("fallback", fallback, ANGULAR_FALLBACKS)
         self.margin_warmup_epochs = check_int("margin_warmup_epochs", margin_warmup_epochs, minimum=0)
@@ -161,6 +146,20 @@ class PolytopeHead(Head):
         self.register_buffer("vertices", self._exact_vertices(torch.get_default_dtype()), persistent=True)
         # the buffer holds the closed-form vertices (False after loading a checkpoint whose differ)
         self._canonical = True
+
+    # ------------------------------------------------------------------ the dimension (seed 002 Eq. 7)
+    def default_dim(self, in_features: int, num_classes: int) -> int:
+        """The smallest width holding ``num_classes`` vertices (seed 002 Eq. 7, at least 2)."""
+        return max(polytope_dim(self.kind, num_classes), 2)
+
+    def check_dim(self, dim: int, num_classes: int, embedding: bool) -> None:
+        minimum = self.default_dim(self.in_features, num_classes)
+        if dim < minimum:
+            raise ValueError(
+                f"dim={dim} is too small for the {self.kind} head with num_classes={num_classes}: it needs dim >= "
+                f"{minimum} ({self._rule(num_classes)}; dim={dim} holds at most {polytope_capacity(self.kind, dim)} classes)"
+                + (" -- with embedding=False, dim is in_features" if not embedding else "")
+            )
 
     # ------------------------------------------------------------------ vertices
     def _rule(self, k: int) -> str:
