@@ -13,8 +13,6 @@ from .registry import create_head, get_head_class, is_head, list_heads, register
 from .timm import attach_head, create_model, get_head, get_heads, head_inputs, load_backbone_state_dict
 from .version import __version__
 from . import models  # registers polyheads' own timm architectures (seed 000 App. E.1)
-from . import metrics
-from .evaluation import evaluate
 from .criterion import HeadLoss
 
 __all__ = [
@@ -39,3 +37,16 @@ __all__ = [
     "set_validation",
     "validation",
 ]
+
+
+def __getattr__(name: str):
+    """``polyheads.metrics`` and ``polyheads.evaluate`` load scikit-learn (~0.6 s): import them on first use."""
+    if name == "metrics":
+        from . import metrics
+
+        return metrics
+    if name == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
