@@ -8,15 +8,14 @@ Measures, side by side in one run on the same machine:
   heads, and the compiled outputs' largest deviation from eager;
 * one training step (forward, ``HeadLoss``, backward) eager vs inductor for two heads.
 
-Writes bench/results/compile.json. CPU, one thread (the machines are shared: medians of repeats).
+Writes bench/results/compile.json (``--output`` elsewhere). CPU, one thread (the machines are shared:
+medians of repeats).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -31,19 +30,11 @@ from torch.export import Dim  # noqa: E402
 import polyheads  # noqa: E402
 import timm  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_seconds, write_json  # noqa: E402
+
 ARCH, SIZE, BATCH, CLASSES = "resnet10t", 64, 32, 100
 RESULTS = Path(__file__).resolve().parent / "results" / "compile.json"
-
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def model_for(name: str, **kwargs) -> torch.nn.Module:
@@ -89,16 +80,16 @@ def eval_latency(heads: list[tuple[str, dict]], repeats: int) -> dict[str, dict[
         model = model_for(name, **kwargs).eval()
         with torch.no_grad():
             reference = model(x)
-            eager = median_time(lambda: model(x), repeats)
+            eager = median_seconds(lambda: model(x), None, repeats, warmup=2)
             dynamo.reset()
             compiled = torch.compile(model)
             start = time.perf_counter()
             got = compiled(x)
             compile_s = time.perf_counter() - start
-            inductor = median_time(lambda: compiled(x), repeats)
+            inductor = median_seconds(lambda: compiled(x), None, repeats, warmup=2)
         run_onnx = onnx_session(model, x)
         onnx_out = torch.from_numpy(run_onnx())
-        ort_s = median_time(run_onnx, repeats)
+        ort_s = median_seconds(run_onnx, None, repeats, warmup=2)
         label = name + ("(mean)" if kwargs else "")
         out[label] = {
             "eager_ms": 1e3 * eager,
@@ -140,7 +131,7 @@ def train_step_latency(heads: list[str], repeats: int) -> dict[str, dict[str, fl
             start = time.perf_counter()
             step()
             first = time.perf_counter() - start
-            timings[mode] = median_time(step, repeats, warmup=1)
+            timings[mode] = median_seconds(step, None, repeats, warmup=1)
             if mode == "inductor":
                 timings["compile_s"] = first
         out[name] = {
@@ -159,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="two heads, fewer repeats")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -176,13 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     evals = eval_latency(eval_heads, repeats)
     print("training step latency, medians of", repeats)
     trains = train_step_latency(train_heads, repeats)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    write_json(args.output, {
         "setup": {"arch": ARCH, "image_size": SIZE, "batch": BATCH, "num_classes": CLASSES, "threads": 1,
                   "torch": torch.__version__, "timm": timm.__version__, "repeats": repeats},
         "graph_breaks": breaks, "eval": evals, "train_step": trains,
-    }, indent=2))
-    print(f"wrote {RESULTS}")
+    })
+    print(f"wrote {args.output}")
     return 0
 
 

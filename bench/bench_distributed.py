@@ -27,18 +27,20 @@ Writes bench/results/distributed.json and prints a Markdown table (docs/distribu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
 import os
 import platform
 import resource
 import socket
-import statistics
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_seconds, rss_bytes, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 D = 512
@@ -49,11 +51,6 @@ CONFIGS = [  # (label, head name, head kwargs, ranks)
     ("sharded/arcface sample_rate=0.1", "sharded", {"base": "arcface", "margin": 0.5, "scale": 64.0, "sample_rate": 0.1}, 2),
     ("cube", "cube", {}, 1),
 ]
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _available_bytes() -> int:
@@ -86,23 +83,23 @@ def _worker(rank: int, world: int, port: int, name: str, kwargs: dict, k: int, b
         local = batch // world
         features = torch.randn(local, D, generator=gen, requires_grad=True)
         target = torch.randint(0, k, (local,), generator=gen)
-        base = _rss_bytes()
+        base = rss_bytes()
         torch.manual_seed(0)
         head = polyheads.create_head(name, D, k, **kwargs)
         optimizer = torch.optim.SGD(head.param_groups(), lr=0.01, momentum=0.9)
         built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-        times = []
-        for i in range(steps + 1):
-            if world > 1:
-                dist.barrier()
-            start = time.perf_counter()
+        last: dict[str, torch.Tensor] = {}
+
+        def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             features.grad = None
-            loss = head.loss(features, target)
-            loss.backward()
+            last["loss"] = head.loss(features, target)
+            last["loss"].backward()
             optimizer.step()
-            if i:
-                times.append(time.perf_counter() - start)
+
+        # one untimed warm-up step; the ranks meet at a barrier (untimed) before every step
+        step_s = median_seconds(step, None, steps, warmup=1, before=dist.barrier if world > 1 else None)
+        loss = last["loss"]
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
         nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
         params = list(head.parameters())
@@ -114,7 +111,7 @@ def _worker(rank: int, world: int, port: int, name: str, kwargs: dict, k: int, b
             "buffers_mb": nbytes(list(head.buffers())) / 2**20,
         }
         classifier = getattr(head, "local", head)
-        queue.put({"rank": rank, "loss": float(loss.detach()), "step_s": statistics.median(times), "peak_mb": max(peak, 0) / 2**20,
+        queue.put({"rank": rank, "loss": float(loss.detach()), "step_s": step_s, "peak_mb": max(peak, 0) / 2**20,
                    "build_peak_mb": max(built, 0) / 2**20,
                    "state_mb": sum(state.values()), **state, "dim": head.dim,
                    "class_rows": int(classifier.weight.shape[0]) if hasattr(classifier, "weight") else 0})
@@ -193,16 +190,14 @@ def main() -> None:
 
     import polyheads
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    out = write_json(args.out, {
         "machine": f"{platform.machine()} CPU ({os.cpu_count()} cores), torch {torch.__version__}, 1 thread per rank, gloo",
         "polyheads": polyheads.__version__, "dim": D, "steps": args.steps,
         "step": "head.loss forward + backward (features too) + SGD(momentum 0.9); median over steps, slowest rank",
         "memory": "state_mb: parameters + gradients + momentum + buffers of the head (exact); peak_mb: ru_maxrss above "
                   "the RSS just before the head is built (measured)",
         "rows": rows, "skipped": skipped,
-    }, indent=2))
+    })
     print(f"\nwrote {out}")
 
 

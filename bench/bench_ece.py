@@ -12,15 +12,14 @@ Random softmax outputs (N = 200 000, K = 100) whose accuracy is a wavy function 
   seed 000 cites) halfway between the neighbouring order statistics; with N = 200 000 the two
   binnings differ by a few predictions per edge and the values by ~1e-6 (7e-7 measured) -- reported, not hidden.
 
-Writes bench/results/ece.json.
+Writes bench/results/ece.json (``--output`` elsewhere).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ece.py
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_ece.py [--output PATH]
 """
 from __future__ import annotations
 
-import json
-import statistics
-import time
+import argparse
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,19 +28,23 @@ from scipy.special import softmax
 
 from polyheads.metrics import expected_calibration_error
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_seconds, write_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int = 5) -> tuple[float, float]:
-    values, times = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        values.append(fn())
-        times.append(time.perf_counter() - t)
-    return values[0], statistics.median(times)
+    """The value of the first call of ``fn`` and the median seconds of ``repeats`` calls (no warm-up)."""
+    values = []
+    seconds = median_seconds(lambda: values.append(fn()), None, repeats)
+    return values[0], seconds
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "ece.json")
+    args = parser.parse_args()
     from netcal.metrics import ECE
 
     rng = np.random.default_rng(0)
@@ -70,9 +73,7 @@ def main() -> None:
             }
             print(f"{name:>8}: polyheads {ours:.10f} ({t_ours * 1e3:6.1f} ms)  netcal {theirs:.10f} "
                   f"({t_theirs * 1e3:6.1f} ms)  |diff| {abs(ours - theirs):.1e}  speedup {t_theirs / t_ours:.1f}x")
-    out = ROOT / "bench" / "results" / "ece.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    out = write_json(args.output, results)
     print(f"wrote {out}")
 
 

@@ -13,11 +13,8 @@ Writes bench/results/margin_heads.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -25,15 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import polyheads
 from polyheads import create_head
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, round_robin, write_results  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "margin_heads.json"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_cases(batch: int, dim: int, classes: int, device: torch.device) -> dict[str, tuple[Callable[[], torch.Tensor], list[torch.Tensor]]]:
@@ -63,19 +57,17 @@ def build_cases(batch: int, dim: int, classes: int, device: torch.device) -> dic
 
 
 def run(batch: int, dim: int, classes: int, device: torch.device, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per loss forward+backward of every case, timed round-robin (gradients cleared untimed)."""
     cases = build_cases(batch, dim, classes, device)
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for r in range(warmup + repeats):
-        for name, (step, tensors) in cases.items():
-            for t in tensors:
-                t.grad = None
-            _sync(device)
-            start = time.perf_counter()
-            step().backward()
-            _sync(device)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+    tensors = [t for _, case_tensors in cases.values() for t in case_tensors]
+
+    def clear_grads() -> None:
+        for t in tensors:
+            t.grad = None
+
+    steps = {name: (lambda loss=loss: loss().backward()) for name, (loss, _) in cases.items()}
+    timings = round_robin(steps, device, repeats, warmup, before=clear_grads)
+    return {name: t.wall for name, t in timings.items()}
 
 
 def main() -> None:
@@ -117,26 +109,12 @@ def main() -> None:
         "note": "heads built with embedding=False (the d->K classifier part only); triplet on an N×K batch (32×8); "
         "input validation on (the default)",
         "shapes": {"batch": args.batch, "dim": args.dim, "classes": args.classes},
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "polyheads": polyheads.__version__,
+        **machine_info(device),
         "repeats": args.repeats,
         "results": rows,
         "goal_met_1_3x_linear": goal,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    existing = {}
-    if args.output.exists():
-        try:
-            existing = json.loads(args.output.read_text())
-        except json.JSONDecodeError:
-            existing = {}
-    per_device = existing if isinstance(existing, dict) and "runs" in existing else {"runs": {}}
-    per_device["runs"][device.type] = result
-    args.output.write_text(json.dumps(per_device, indent=2, ensure_ascii=False) + "\n")
+    write_results(args.output, device.type, result)
     print(f"wrote {args.output}")
 
 

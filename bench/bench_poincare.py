@@ -19,11 +19,8 @@ present): ``torch.cuda.max_memory_allocated`` over one step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +30,9 @@ import torch.nn.functional as F
 
 import polyheads
 from polyheads.functional import poincare_mlr_logits, poincare_distance
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_seconds, peak_memory_bytes, round_robin, run_script, write_json  # noqa: E402
 
 VARIANTS = ("linear", "poincare", "poincare_nocheck", "poincare_functional")
 RESULTS = Path(__file__).resolve().parent / "results" / "poincare.json"
@@ -75,41 +75,11 @@ def build(variant: str, B: int, d: int, K: int, device: str, seed: int = 0):
     raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_variants(B: int, d: int, K: int, device: str, repeats: int, warmup: int) -> dict[str, float]:
     """Median seconds per step of every variant, repeats interleaved so drift hits all alike."""
     steps = {v: build(v, B, d, K, device)[0] for v in VARIANTS}
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    _sync(device)
-    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    try:
-        from tqdm.auto import tqdm
-
-        rounds = tqdm(range(repeats), desc="timing", leave=False)
-    except ImportError:  # pragma: no cover
-        rounds = range(repeats)
-    for _ in rounds:
-        for v, step in steps.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            step()
-            _sync(device)
-            samples[v].append(time.perf_counter() - t0)
-    return {v: statistics.median(s) for v, s in samples.items()}
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
+    timings = round_robin(steps, device, repeats, warmup, progress="timing")
+    return {v: t.median_wall for v, t in timings.items()}
 
 
 def peak_memory_here(variant: str, B: int, d: int, K: int, device: str) -> int:
@@ -120,30 +90,17 @@ def peak_memory_here(variant: str, B: int, d: int, K: int, device: str) -> int:
     params = list(owner.parameters()) if isinstance(owner, torch.nn.Module) else list(owner)
     for prm in params:  # the measured step allocates its gradients afresh
         prm.grad = None
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current resident set
-    base = _status("VmRSS")
-    step()
-    return _status("VmHWM") - base
+    peak = peak_memory_bytes(step, device)
+    if peak is None:
+        raise RuntimeError("peak memory needs CUDA or Linux's /proc/self/status")
+    return peak
 
 
 def peak_memory(variant: str, B: int, d: int, K: int, device: str) -> int:
     if device == "cuda":
         return peak_memory_here(variant, B, d, K, device)
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure-memory", variant, "--batch", str(B), "--dim", str(d), "--classes", str(K)],
-        env=env, capture_output=True, text=True, check=True,
-    )
-    return int(out.stdout.strip().splitlines()[-1])
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return int(run_script(__file__, ["--measure-memory", variant, "--batch", B, "--dim", d, "--classes", K], env=env))
 
 
 def time_distance(N: int, d: int, device: str, repeats: int) -> dict[str, float]:
@@ -151,18 +108,9 @@ def time_distance(N: int, d: int, device: str, repeats: int) -> dict[str, float]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N, d, generator=g)
     x = (x / x.norm(dim=1, keepdim=True) * torch.rand(N, 1, generator=g) * 0.9).to(device)
-    out = {}
-    for name, fn in (("poincare_distance", lambda: poincare_distance(x, x, 1.0)), ("torch_cdist", lambda: torch.cdist(x, x))):
-        fn()
-        times = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-        out[name] = statistics.median(times)
-    return out
+    return {name: median_seconds(fn, device, repeats, warmup=1)
+            for name, fn in (("poincare_distance", lambda: poincare_distance(x, x, 1.0)),
+                             ("torch_cdist", lambda: torch.cdist(x, x)))}
 
 
 def main() -> None:
@@ -221,8 +169,7 @@ def main() -> None:
         "memory_method": ("cuda max_memory_allocated" if device == "cuda" else
                           "fresh process per variant; VmHWM - VmRSS over one step after warm-up; MALLOC_MMAP_THRESHOLD_=65536"),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.output, result)
     print(f"wrote {args.output}")
 
 

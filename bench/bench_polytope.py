@@ -18,10 +18,8 @@ Writes bench/results/polytope.json and prints a Markdown table (docs/polytopes.m
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
-import time
+import sys
 import warnings
 from pathlib import Path
 
@@ -30,6 +28,9 @@ import torch
 import polyheads
 from polyheads import create_head
 from polyheads.functional import polytope_dim
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median_seconds, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ("standard", "simplex", "orthoplex", "cube", "hadamard")
@@ -44,26 +45,20 @@ def step_time(head: torch.nn.Module, repeats: int) -> float:
     features = torch.randn(BATCH, IN_FEATURES, requires_grad=True)
     target = torch.randint(0, head.num_classes, (BATCH,))
     optimizer = torch.optim.SGD(head.param_groups(), lr=0.01, momentum=0.9)
-    times = []
-    for i in range(repeats + 1):  # the first step (allocations, momentum buffers) is not counted
-        start = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         features.grad = None
         head.loss(features, target).backward()
         optimizer.step()
-        if i:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    # the first step (allocations, momentum buffers) is not counted
+    return median_seconds(step, None, repeats, warmup=1)
 
 
 def build_time(name: str, k: int, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        head = create_head(name, IN_FEATURES, k)
-        times.append(time.perf_counter() - start)
-        del head
-    return statistics.median(times)
+    built: list[torch.nn.Module] = []  # the head is freed before the next build, outside the timed call
+    return median_seconds(lambda: built.append(create_head(name, IN_FEATURES, k)), None, repeats, before=built.clear)
 
 
 def main() -> None:
@@ -117,9 +112,7 @@ def main() -> None:
         "step": "head.loss forward + backward (features too) + SGD(momentum) step; median over repeats",
         "rows": rows, "scale": scale,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(args.out, result)
 
     print("\n| K | head | d | trainable params | vs standard | vertex buffer (floats) | step (ms) | vs standard |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")

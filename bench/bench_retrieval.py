@@ -22,11 +22,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PeakRSS, run_script, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,39 +53,6 @@ def make_data(n: int, n_classes: int, dim: int, seed: int = 0):
     centres = torch.randn(n_classes, dim, generator=g)
     x = 0.35 * centres[torch.from_numpy(labels)] + torch.randn(n, dim, generator=g) / dim**0.5 * 16.0
     return x.contiguous(), torch.from_numpy(labels)
-
-
-class PeakRSS:
-    """Peak resident memory of this process above a baseline, sampled every 2 ms."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.baseline = self.rss()
-        self.peak = self.baseline
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.002)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
-
-    @property
-    def extra_mib(self) -> float:
-        return (self.peak - self.baseline) / 2**20
 
 
 def run_one(impl: str, n: int, n_classes: int, dim: int, pml_batch: int) -> dict:
@@ -137,10 +105,9 @@ def main() -> None:
     for r in range(args.repeats):
         order = ["polyheads", "pml"] if r % 2 == 0 else ["pml", "polyheads"]
         for impl in order:
-            cmd = [sys.executable, __file__, "--child", impl, "--n", str(args.n), "--classes", str(args.classes),
-                   "--dim", str(args.dim), "--pml-batch", str(args.pml_batch)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
+            child = ["--child", impl, "--n", args.n, "--classes", args.classes, "--dim", args.dim,
+                     "--pml-batch", args.pml_batch]
+            result = run_script(__file__, child, cwd=ROOT)
             runs[impl].append(result)
             print(f"repeat {r + 1}/{args.repeats} {impl:>9}: mAP@R = {result['map_at_r']:.8f}  "
                   f"{result['seconds']:7.2f} s  peak +{result['peak_extra_mib']:8.1f} MiB", flush=True)
@@ -174,8 +141,7 @@ def main() -> None:
     summary["abs_difference"] = abs(summary["polyheads"]["map_at_r"] - summary["pytorch_metric_learning"]["map_at_r"])
     summary["speedup"] = summary["pytorch_metric_learning"]["seconds_median"] / summary["polyheads"]["seconds_median"]
     summary["memory_ratio"] = summary["polyheads"]["peak_extra_mib_median"] / max(summary["pytorch_metric_learning"]["peak_extra_mib_median"], 1e-9)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(args.out, summary)
     print(
         f"\nmAP@R polyheads {summary['polyheads']['map_at_r']:.8f} vs PML {summary['pytorch_metric_learning']['map_at_r']:.8f} "
         f"(|diff| {summary['abs_difference']:.2e})\n"

@@ -16,11 +16,9 @@ images/s and the ratio to the baseline. Results go to bench/results/training.jso
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,10 +27,8 @@ import torch.nn.functional as F
 import polyheads
 from polyheads.training.engine import build_optimizer, head_loss, pre_logits
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import round_robin, write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,19 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"timm linear": make(None)[2]}
     for head in heads:
         runners[head] = make(head)[2]
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for name, step in runners.items():  # warm-up (allocator, cuDNN autotune, lazy inits)
-        for _ in range(3):
-            step()
-    _sync(device)
-    for _ in range(args.repeats):
-        for name, step in runners.items():
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            _sync(device)
-            times[name].append((time.perf_counter() - start) / steps)
+    # 3 warm-up steps each (allocator, cuDNN autotune, lazy inits); a sample is the mean of `steps` steps
+    timings = round_robin(runners, device, args.repeats, warmup=3, number=steps)
+    times = {name: t.wall for name, t in timings.items()}
     base = statistics.median(times["timm linear"])
     rows = []
     print(f"{model_name} on {device} ({torch.cuda.get_device_name(device) if gpu else platform.processor() or 'cpu'}), "
@@ -127,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"model": model_name, "device": str(device), "batch": batch, "classes": args.classes, "dim": dim,
               "amp": str(amp), "repeats": args.repeats, "steps": steps, "torch": torch.__version__,
               "machine": platform.platform(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_json(args.out, result)
     print(f"written {out}")
     return 0
 

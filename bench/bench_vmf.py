@@ -22,12 +22,8 @@ Writes bench/results/vmf.json.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import platform
-import statistics
-import time
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -36,66 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import polyheads
 from polyheads import create_head
 from polyheads.functional import bessel_ratio, sample_vmf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ScriptError, machine_info, peak_memory_bytes, round_robin, run_script, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vmf.json"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    _sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    _sync(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def round_robin(cases: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
-    wall: dict[str, list[float]] = {k: [] for k in cases}
-    cpu: dict[str, list[float]] = {k: [] for k in cases}
-    for r in range(warmup + repeats):
-        for name, fn in cases.items():
-            w, c = _timed(fn, device)
-            if r >= warmup:
-                wall[name].append(w)
-                cpu[name].append(c)
-    return {k: {"wall_s": statistics.median(wall[k]), "cpu_s": statistics.median(cpu[k])} for k in cases}
-
-
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:  # pragma: no cover - not Linux
-        return None
-    return None
-
-
-def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak extra memory of one call: CUDA allocator peak, or the resident-set high-water mark on Linux
-    (reset through /proc/self/clear_refs)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:  # pragma: no cover
-        return None
-    base = _rss_kib("VmRSS")
-    fn()
-    peak = _rss_kib("VmHWM")
-    return None if base is None or peak is None else (peak - base) / 1024
+def median_times(cases: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per call of every case, timed round-robin."""
+    timings = round_robin(cases, device, repeats, warmup)
+    return {k: {"wall_s": t.median_wall, "cpu_s": t.median_cpu} for k, t in timings.items()}
 
 
 # ---------------------------------------------------------------------------------------------- 1. sampler
@@ -116,7 +65,7 @@ def bench_sampler(device: torch.device, repeats: int, n: int = 512, count: int =
             "polyheads": lambda: sample_vmf(mu, kappa, count),
             "polyheads_256x10": lambda: sample_vmf(batch_mu, batch_kappa, 10),
         }
-        t = round_robin(cases, device, repeats)
+        t = median_times(cases, device, repeats)
         per_s = {
             "scipy": count / t["scipy"]["cpu_s"],
             "polyheads": count / t["polyheads"]["cpu_s"],
@@ -162,16 +111,11 @@ def head_cases(device: torch.device, batch: int, dim: int, classes: int, samples
 
 def memory_in_subprocess(name: str, device: torch.device, shapes: dict) -> float | None:
     """Peak memory of one step of case ``name`` in a fresh process (a warm allocator would hide it)."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, __file__, "--memory-case", name, "--device", str(device),
-               "--shapes", json.dumps(shapes)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = ["--memory-case", name, "--device", str(device), "--shapes", json.dumps(shapes)]
     try:
-        return json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
-    except (IndexError, ValueError, KeyError):
-        print(f"memory measurement of {name!r} failed: {done.stderr[-500:]}")
+        return run_script(__file__, args, env={"OMP_NUM_THREADS": "1"})["peak_mib"]
+    except ScriptError as error:
+        print(f"memory measurement of {name!r} failed: {error.stderr[-500:]}")
         return None
 
 
@@ -179,7 +123,7 @@ def bench_head(device: torch.device, repeats: int, batch: int = 256, dim: int = 
                samples: int = 10) -> dict:
     shapes = {"batch": batch, "dim": dim, "classes": classes, "samples": samples}
     cases = head_cases(device, **shapes)
-    t = round_robin(cases, device, repeats)
+    t = median_times(cases, device, repeats)
     memory = {name: memory_in_subprocess(name, device, shapes) for name in cases}
     base = t["linear+CE"]["cpu_s"]
     rows = {}
@@ -232,7 +176,7 @@ def bench_bessel(device: torch.device, repeats: int) -> dict:
         kappa.grad = None
         bessel_ratio(16, kappa, exact=exact).sum().backward()
 
-    t = round_robin({"eq10": lambda: run(False), "exact": lambda: run(True)}, device, repeats)
+    t = median_times({"eq10": lambda: run(False), "exact": lambda: run(True)}, device, repeats)
     return {"n": 16, "count": kappa.numel(), "fwd_bwd_cpu_ms": {k: round(v["cpu_s"] * 1e3, 2) for k, v in t.items()}}
 
 
@@ -248,7 +192,8 @@ def main() -> None:
     device = torch.device(args.device)
     if args.memory_case is not None:
         step = head_cases(device, **json.loads(args.shapes))[args.memory_case]
-        print(json.dumps({"peak_mib": peak_memory_mib(step, device)}))
+        peak = peak_memory_bytes(step, device)
+        print(json.dumps({"peak_mib": None if peak is None else peak / 2**20}))
         return
     torch.manual_seed(0)
     print(f"vMF benchmark: device={device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
@@ -278,12 +223,7 @@ def main() -> None:
 
     result = {
         "benchmark": "vMF sampler vs scipy; vMF head loss vs nn.Linear + cross-entropy; g_rep bias",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "torch": torch.__version__,
-        "polyheads": polyheads.__version__,
+        **machine_info(device),
         "repeats": args.repeats,
         "timing": "median CPU time of the process (time.process_time); wall time alongside",
         "sampler": sampler,
@@ -299,16 +239,7 @@ def main() -> None:
             print(f"{r['n']:>5}{r['kappa']:>8g}{r['exact_dA_dkappa']:>12.4e}{r['mean_g_rep']:>12.4e}{r['relative_bias']:>+10.2%}"
                   f"{r['mean_g_rep_plus_g_cor']:>12.4e}{r['relative_error_corrected']:>+10.2%}")
         result["reparameterisation_bias"] = bias
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    existing = {}
-    if args.output.exists():
-        try:
-            existing = json.loads(args.output.read_text())
-        except json.JSONDecodeError:
-            existing = {}
-    per_device = existing if isinstance(existing, dict) and "runs" in existing else {"runs": {}}
-    per_device["runs"][device.type] = result
-    args.output.write_text(json.dumps(per_device, indent=2, ensure_ascii=False) + "\n")
+    write_results(args.output, device.type, result)
     print(f"\nwrote {args.output}")
 
 

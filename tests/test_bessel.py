@@ -20,17 +20,10 @@ from polyheads.functional import (
 )
 from polyheads.functional.bessel import EXACT_MAX_DIM, _exact_crossover
 
+from _helpers import exact_ratio
+
 KAPPAS = np.logspace(-6, 5, 23)
 DIMS = [2, 3, 8, 64, 512, 2048]
-
-
-@functools.lru_cache(maxsize=None)
-def exact_ratio(n: int, kappa: float) -> float:
-    """I_{n/2}(κ)/I_{n/2-1}(κ) with mpmath at 30 digits."""
-    with mpmath.workdps(30):
-        nu = mpmath.mpf(n) / 2 - 1
-        k = mpmath.mpf(kappa)
-        return float(mpmath.besseli(nu + 1, k, maxterms=10**6) / mpmath.besseli(nu, k, maxterms=10**6))
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,33 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
-from torch import nn
-from torch.autograd import gradcheck
 
 from polyheads import create_head
 from polyheads.functional import center_delta, center_loss, mine_triplets, pairwise_squared_distances, triplet_loss
 from polyheads.heads import CenterLossHead, TripletHead
 
-
-class _LossOf(nn.Module):
-    def __init__(self, head):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x, y):
-        return self.head.loss(x, y)
-
-
-def gradcheck_head_loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """gradcheck of ``head.loss`` w.r.t. the features and every parameter (float64)."""
-    wrapper = _LossOf(head.double())
-    names = [n for n, _ in wrapper.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for _, p in wrapper.named_parameters())
-
-    def fn(features, *ps):
-        return torch.func.functional_call(wrapper, dict(zip(names, ps)), (features, y))
-
-    assert gradcheck(fn, (x.double().requires_grad_(True), *params), eps=1e-6, atol=1e-6, rtol=1e-4)
+from _helpers import gradcheck_head_loss, sgd_fit
 
 
 # ================================================================================== Center Loss
@@ -292,12 +271,7 @@ def test_triplet_trains_and_contract():
     y = torch.arange(4).repeat_interleave(6)
     x = means[y] + 0.5 * torch.randn(24, 8)
     head = create_head("triplet", 8, 4, dim=5, margin=0.2)
-    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
-    first = head.loss(x, y).item()
-    for _ in range(40):
-        opt.zero_grad()
-        head.loss(x, y).backward()
-        opt.step()
+    first = sgd_fit(head, x, y, steps=40)
     assert head.loss(x, y).item() < 0.5 * first
     head.eval()
     assert (head(x).argmax(1) == y).float().mean() > 0.9

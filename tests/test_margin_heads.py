@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd import gradcheck
 
 from polyheads import create_head
 from polyheads.functional import (
@@ -25,6 +24,8 @@ from polyheads.functional import (
     sphereface_psi,
 )
 from polyheads.heads import ArcFaceHead, CosFaceHead, SphereFaceHead
+
+from _helpers import gradcheck_head_loss, sgd_fit
 
 # class directions (angles) and deliberately non-unit norms: the heads must normalise them
 PHI = [0.0, 2.2, -2.0]
@@ -212,27 +213,6 @@ def test_sphereface_warmup_means_m_equal_1():
 
 
 # ------------------------------------------------------------------------------------------ gradients
-class _LossOf(nn.Module):
-    def __init__(self, head):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x, y):
-        return self.head.loss(x, y)
-
-
-def gradcheck_head_loss(head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-    """gradcheck of ``head.loss`` w.r.t. the features and every parameter (float64)."""
-    wrapper = _LossOf(head.double())
-    names = [n for n, _ in wrapper.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for _, p in wrapper.named_parameters())
-
-    def fn(features, *ps):
-        return torch.func.functional_call(wrapper, dict(zip(names, ps)), (features, y))
-
-    assert gradcheck(fn, (x.double().requires_grad_(True), *params), eps=1e-6, atol=1e-6, rtol=1e-4)
-
-
 @pytest.mark.parametrize(
     "name, kwargs",
     [
@@ -424,12 +404,7 @@ def test_arcface_trains_on_separable_data():
     y = torch.arange(4).repeat(16)
     x = centres[y] + 0.3 * torch.randn(64, 10)
     head = create_head("arcface", 10, 4, dim=6, margin=0.3, scale=16.0)
-    opt = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
-    first = head.loss(x, y).item()
-    for _ in range(60):
-        opt.zero_grad()
-        head.loss(x, y).backward()
-        opt.step()
+    first = sgd_fit(head, x, y, steps=60)
     assert head.loss(x, y).item() < 0.25 * first
     assert (head(x).argmax(1) == y).float().mean() == 1.0
 

@@ -1,11 +1,9 @@
 """The vMF sampler, loss and head (seed 000 §2.3.1, Eq. 5-8, 13; App. B-D) against independent
 references: scipy.stats.vonmises_fisher (samples), closed-form CDFs, mpmath Bessel ratios, and Eq. 13
 re-evaluated here in numpy from its printed form."""
-import functools
 import math
 import warnings
 
-import mpmath
 import numpy as np
 import pytest
 import scipy.special
@@ -24,14 +22,7 @@ from polyheads.functional import (
 )
 from polyheads.heads.vmf import target_concentration, weight_init_std
 
-
-@functools.lru_cache(maxsize=None)
-def exact_ratio(n: int, kappa: float) -> float:
-    """A_n(κ) = I_{n/2}(κ)/I_{n/2-1}(κ) with mpmath."""
-    with mpmath.workdps(30):
-        nu = mpmath.mpf(n) / 2 - 1
-        k = mpmath.mpf(kappa)
-        return float(mpmath.besseli(nu + 1, k, maxterms=10**6) / mpmath.besseli(nu, k, maxterms=10**6))
+from _helpers import exact_ratio
 
 
 def unit(n, seed=0, dtype=torch.float64):
