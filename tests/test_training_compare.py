@@ -75,3 +75,12 @@ def test_compare_end_to_end_on_tiny_data(tmp_path):
     values = [100 * r["test"]["accuracy"] for r in records if r["head"] == "cosine"]
     assert float(accuracy["cosine"]["mean"]) == pytest.approx(np.mean(values), rel=1e-5)
     assert "| cosine |" in paths["markdown"].read_text()
+
+
+def test_compare_all_means_every_geometry_but_not_wrappers():
+    from polyheads import list_heads
+    from polyheads.training.compare import comparable_heads
+
+    heads = comparable_heads()
+    assert "sharded" in list_heads() and "sharded" not in heads
+    assert set(heads) == set(list_heads()) - {"sharded"}

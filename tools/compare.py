@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (epochs=5, ...)")
     parser.add_argument("--config", action="append", help="base config(s); one table column per config")
-    parser.add_argument("--heads", nargs="+", default=["all"], help="heads to compare (default: all registered)")
+    parser.add_argument("--heads", nargs="+", default=["all"], help="heads to compare (default: every registered geometry; wrappers such as sharded left out)")
     parser.add_argument("--seeds", type=int, default=1, help="replications per head (seed 000: 5)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (processes)")
     parser.add_argument("--out", default="runs/compare", help="output folder")
@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import polyheads
     from polyheads.training import ConfigError, load_config
-    from polyheads.training.compare import compare, format_tables, summarize, write_tables
+    from polyheads.training.compare import comparable_heads, compare, format_tables, summarize, write_tables
 
     configs = args.config or [str(CONFIGS / "default.yaml") if (CONFIGS / "default.yaml").is_file() else None]
     try:
         bases = [load_config(c) for c in configs]
-        names = polyheads.list_heads() if args.heads == ["all"] else args.heads
+        names = comparable_heads() if args.heads == ["all"] else args.heads
         heads = list(dict.fromkeys(polyheads.registry.resolve_head_name(h) for h in names))  # aliases once
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -99,6 +99,9 @@ class Head(nn.Module):
     retrieval_metric: ClassVar[str] = "euclidean"
     #: stochastic heads return Monte-Carlo log-probabilities in eval mode
     stochastic: ClassVar[bool] = False
+    #: a wrapper around another registered head (``sharded``): not a geometry of its own, so
+    #: ``tools/compare.py --heads all`` leaves it out
+    wraps_head: ClassVar[bool] = False
     #: set by @register_head
     head_name: ClassVar[str] = ""
 

@@ -104,6 +104,8 @@ class ShardedHead(Head):
     gather it back.
     """
 
+    wraps_head = True
+
     stochastic: ClassVar[bool] = False  # the instance attribute follows the base head
 
     def __init__(

@@ -25,7 +25,7 @@ import numpy as np
 from ..registry import resolve_head_name
 from .config import TrainConfig, apply_overrides, config_to_dict, load_config
 
-__all__ = ["compare", "summarize", "format_tables", "write_tables", "HEAD_TUNED_KEYS", "METRICS", "head_config"]
+__all__ = ["compare", "comparable_heads", "summarize", "format_tables", "write_tables", "HEAD_TUNED_KEYS", "METRICS", "head_config"]
 
 #: the keys a per-head config (seed 000 Tables 5-11 columns) contributes to a comparison run
 HEAD_TUNED_KEYS = ("head_kwargs", "lr", "momentum", "nesterov", "weight_decay", "temperature_lr", "temperature_momentum",
@@ -282,3 +282,11 @@ def write_tables(records: Sequence[dict[str, Any]], out_dir: str | os.PathLike) 
                              f"{r.get('wall_time_s', 0):.1f}", f"{r.get('cpu_time_s', 0):.1f}", r.get("error", ""),
                              json.dumps(r.get("test", {}))])
     return paths
+
+
+def comparable_heads() -> list[str]:
+    """Every registered head that is a geometry of its own (wrappers such as ``sharded`` left out):
+    what ``tools/compare.py --heads all`` compares."""
+    from ..registry import get_head_class, list_heads
+
+    return [name for name in list_heads() if not get_head_class(name).wraps_head]
