@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -47,33 +47,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """``torch.save(state, path)`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def copy_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Copy a checkpoint file atomically (``best.pt`` from ``last.pt``)."""
-    target = Path(target)
+def _atomic_write(target: Path, write: Callable[[str], Any]) -> Path:
+    """``write(temporary_path)`` then rename onto ``target``: a crash never leaves half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        shutil.copyfile(source, tmp)
+        write(tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``torch.save(state, path)`` atomically."""
+    return _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def copy_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy a checkpoint file atomically (``best.pt`` from ``last.pt``)."""
+    return _atomic_write(Path(target), lambda tmp: shutil.copyfile(source, tmp))
 
 
 def find_checkpoint(path: str | os.PathLike, name: str = "last.pt") -> Path:
